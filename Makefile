@@ -1,0 +1,33 @@
+# sparse2dense: `make test` runs the suite, `make ablation-grid` the toy grid (both build .venv first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?= toy
+# CPU wheel pin for laptops and CI; on GPU hosts install the CUDA torch first and set TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test ablation-grid plan report clean
+
+setup: $(BIN)/s2d
+
+$(BIN)/s2d: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+test: setup
+	$(BIN)/pytest -q
+
+ablation-grid: setup
+	$(BIN)/s2d grid --profile $(PROFILE)
+
+plan: setup
+	$(BIN)/s2d plan --profile $(PROFILE)
+
+report: setup
+	$(BIN)/s2d report --profile $(PROFILE)
+
+clean:
+	rm -rf artifacts mlflow.db mlruns

@@ -1,0 +1,460 @@
+"""Typed profile and grid configuration, loaded from YAML and checked before any compute.
+
+A profile says which models and data an experiment uses and how every stage runs; a grid
+says which arms (chains of stages) to compare. Every schema forbids unknown keys, so a typo
+fails with the field's path instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(gt=0, le=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the file and the field."""
+
+
+# --- training ---
+
+
+class TrainSpec(Strict):
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    save_steps: PositiveInt = 50
+    logging_steps: PositiveInt = 10
+
+
+class PretrainSpec(TrainSpec):
+    """Stage 0 for toy models: supervised training on worked solutions until a dev accuracy."""
+
+    target_accuracy: Probability
+    max_steps: PositiveInt
+    batch_size: PositiveInt = 64
+    learning_rate: float = Field(3e-3, gt=0)
+    save_steps: PositiveInt = 100
+    eval_every: PositiveInt = 100
+    dev_size: PositiveInt = 200
+
+
+# --- models ---------------------------------------------------------------------------
+
+
+class ToyArch(Strict):
+    """A tiny Qwen3 built from scratch (toy profiles only)."""
+
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt
+    intermediate_size: PositiveInt
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
+        return self
+
+
+class ModelSpec(Strict):
+    source: Literal["toy", "hub"]
+    name: str | None = Field(None, description="hub id or local folder (hub source)")
+    vocab_size: PositiveInt | None = Field(None, description="declared so mismatched pairs fail before loading")
+    arch: ToyArch | None = None
+    pretrain: PretrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _source_fields(self):
+        if self.source == "hub" and not self.name:
+            raise ValueError("a hub model needs 'name' (hub id or local folder)")
+        if self.source == "toy" and (self.arch is None or self.pretrain is None):
+            raise ValueError("a toy model needs 'arch' and 'pretrain'")
+        return self
+
+
+class ModelsSpec(Strict):
+    teacher: ModelSpec
+    student: ModelSpec
+
+    @model_validator(mode="after")
+    def _same_vocabulary(self):
+        t, s = self.teacher, self.student
+        if t.source != s.source:
+            raise ValueError("teacher and student must both be toy or both hub models (shared vocabulary)")
+        if t.vocab_size and s.vocab_size and t.vocab_size != s.vocab_size:
+            raise ValueError(
+                f"teacher and student vocabularies differ ({t.vocab_size} vs {s.vocab_size}): "
+                "token-level distillation needs one vocabulary"
+            )
+        return self
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+class ToyTaskSpec(Strict):
+    """+/- chains: a `first_digits`-digit number, then `min_ops`..`max_ops` one-digit operands."""
+
+    first_digits: PositiveInt = 2
+    min_ops: PositiveInt = 2
+    max_ops: PositiveInt = 4
+    operand_max: Annotated[int, Field(ge=1, le=9)] = 9
+    allow_negative: bool = False
+
+    @model_validator(mode="after")
+    def _ops_range(self):
+        if self.min_ops > self.max_ops:
+            raise ValueError(f"min_ops ({self.min_ops}) must be <= max_ops ({self.max_ops})")
+        return self
+
+    @property
+    def capacity(self) -> int:
+        """An upper bound on the number of distinct problems these knobs can generate."""
+        firsts = 10**self.first_digits - (10 ** (self.first_digits - 1) if self.first_digits > 1 else 0)
+        return firsts * sum((2 * self.operand_max) ** k for k in range(self.min_ops, self.max_ops + 1))
+
+
+class BenchmarkSpec(Strict):
+    name: str
+    source: Literal["toy", "math500", "aime24", "aime25"]
+    size: PositiveInt | None = Field(None, description="first N problems; all when omitted")
+    path: str | None = Field(None, description="local copy in the hub layout")
+
+
+class DataSpec(Strict):
+    source: Literal["toy", "hub"]
+    toy: ToyTaskSpec | None = None
+    pool_size: PositiveInt | None = Field(None, description="toy problems generated for training splits")
+    train_path: str | None = Field(None, description="local copy of DAPO-Math-17k (hub source)")
+    split_seed: int = 42
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    labeled_budget: PositiveInt = Field(description="L: labeled problems spent on the first RL stage")
+    heldout_budget: PositiveInt = Field(description="H: held-out labeled problems for Stage 3")
+    distill_prompts: PositiveInt = Field(description="unlabeled prompts for rollouts and OPD")
+    prompt_suffix: str = ""
+    system_prompt: str | None = None
+    chat_template_kwargs: dict[str, bool | str | int] = Field(
+        default_factory=dict, description="e.g. {enable_thinking: false} for Qwen3")
+    benchmarks: list[BenchmarkSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.source == "toy":
+            if self.toy is None or self.pool_size is None:
+                raise ValueError("toy data needs 'toy' and 'pool_size'")
+            heldout = int(self.pool_size * self.heldout_fraction)
+            train = self.pool_size - heldout
+            _fits("labeled_budget", self.labeled_budget, "training split", train)
+            _fits("distill_prompts", self.distill_prompts, "training split", train)
+            _fits("heldout_budget", self.heldout_budget, "held-out split", heldout)
+            wanted = self.pool_size + sum(b.size or 600 for b in self.benchmarks if b.source == "toy")
+            if wanted > self.toy.capacity // 2:
+                raise ValueError(f"pool_size plus toy benchmark sizes ({wanted}) is too many distinct problems for "
+                                 f"the toy task knobs (at most about {self.toy.capacity // 2}): widen data.toy")
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be unique, got {names}")
+        return self
+
+
+def _fits(field: str, value: int, pool: str, size: int) -> None:
+    if value > size:
+        raise ValueError(f"{field} = {value} is larger than the {pool} ({size} problems)")
+
+
+# --- stages ---------------------------------------------------------------------------
+
+
+class GRPOSpec(TrainSpec):
+    """Defaults are the authors' (DAPO-style clipping, token-mean loss, no KL term)."""
+
+    steps: PositiveInt
+    prompts_per_step: PositiveInt = Field(description="prompts per optimizer step (the authors' mini-batch)")
+    steps_per_generation: PositiveInt = Field(1, description="optimizer steps per sampled batch")
+    num_generations: Annotated[int, Field(ge=2)] = 8
+    micro_batch: PositiveInt = Field(description="completions per forward/backward pass")
+    temperature: float = Field(1.0, gt=0)
+    max_completion_length: PositiveInt
+    epsilon: float = Field(0.2, gt=0)
+    epsilon_high: float = Field(0.28, gt=0)
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
+    beta: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _batching(self):
+        completions = self.prompts_per_step * self.num_generations
+        if completions % self.micro_batch:
+            raise ValueError(
+                f"micro_batch ({self.micro_batch}) must divide prompts_per_step x num_generations ({completions})"
+            )
+        return self
+
+
+class SamplingSpec(Strict):
+    temperature: float = Field(1.0, ge=0, description="0 = greedy")
+    top_p: Probability = 1.0
+    top_k: int = Field(0, ge=0, description="0 = off")
+    max_new_tokens: PositiveInt
+
+
+class RolloutsSpec(SamplingSpec):
+    samples_per_prompt: PositiveInt = 1
+
+
+class ForwardKLSpec(TrainSpec):
+    target: Literal["soft", "hard"] = "soft"
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt
+    micro_batch: PositiveInt
+    max_length: PositiveInt
+
+    @model_validator(mode="after")
+    def _batching(self):
+        if self.batch_size % self.micro_batch:
+            raise ValueError(f"micro_batch ({self.micro_batch}) must divide batch_size ({self.batch_size})")
+        return self
+
+
+class OPDSpec(TrainSpec):
+    """On-policy distillation: student samples, per-token reverse KL to the teacher."""
+
+    steps: PositiveInt
+    prompts_per_step: PositiveInt
+    micro_batch: PositiveInt
+    temperature: float = Field(1.0, gt=0)
+    max_completion_length: PositiveInt
+
+    @model_validator(mode="after")
+    def _batching(self):
+        if self.prompts_per_step % self.micro_batch:
+            raise ValueError(f"micro_batch ({self.micro_batch}) must divide prompts_per_step ({self.prompts_per_step})")
+        return self
+
+
+class EvaluateSpec(SamplingSpec):
+    samples: PositiveInt = Field(description="n completions per problem: avg@n")
+    pass_at: list[PositiveInt] = Field(default_factory=lambda: [1])
+
+    @model_validator(mode="after")
+    def _k_within_samples(self):
+        too_big = [k for k in self.pass_at if k > self.samples]
+        if too_big:
+            raise ValueError(f"pass_at k={too_big} is larger than samples ({self.samples})")
+        if self.temperature == 0 and self.samples > 1:
+            raise ValueError("greedy decoding (temperature 0) gives identical samples: set samples to 1")
+        return self
+
+
+class GenerationSpec(Strict):
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    batch_size: PositiveInt = 64
+    gpu_memory_utilization: Probability = 0.85
+    tensor_parallel_size: PositiveInt = 1
+
+
+class HardwareSpec(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    num_threads: PositiveInt | None = Field(None, description="torch CPU threads; all cores when omitted")
+    gradient_checkpointing: bool = False
+
+
+class Profile(Strict):
+    """Everything one experiment needs, except which arms to run (the grid)."""
+
+    name: str
+    seed: int = 0
+    models: ModelsSpec
+    data: DataSpec
+    grpo: GRPOSpec = Field(description="Stage 1 (teacher) and direct student GRPO")
+    stage3: GRPOSpec = Field(description="student GRPO after the bridge; replay uses the same settings")
+    rollouts: RolloutsSpec
+    forward_kl: ForwardKLSpec
+    opd: OPDSpec
+    evaluate: EvaluateSpec
+    generation: GenerationSpec = GenerationSpec()
+    hardware: HardwareSpec = HardwareSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if (self.models.teacher.source == "toy") != (self.data.source == "toy"):
+            raise ValueError("toy models go with toy data, hub models with hub data")
+        if self.generation.backend == "vllm" and self.hardware.device == "cpu":
+            raise ValueError("generation.backend 'vllm' needs hardware.device 'cuda' or 'auto'")
+        return self
+
+
+# --- grids ----------------------------------------------------------------------------
+
+BASE_MODELS = ("teacher", "student")
+NODE_INPUTS = {  # the input roles each trainable node kind takes
+    "grpo": ("model",),
+    "replay": ("model",),
+    "rollouts": ("model",),
+    "forward_kl": ("student", "rollouts"),
+    "opd": ("teacher", "student"),
+}
+
+
+class GridNode(Strict):
+    """One stage in a grid; inputs name other grid nodes or the base 'teacher' / 'student'."""
+
+    kind: Literal["grpo", "replay", "rollouts", "forward_kl", "opd"]
+    model: str | None = None
+    teacher: str | None = None
+    student: str | None = None
+    rollouts: str | None = None
+    split: Literal["labeled", "heldout"] | None = Field(None, description="grpo only: which labels it spends")
+    settings: Literal["grpo", "stage3"] | None = Field(None, description="grpo only: profile section to use")
+
+    def inputs(self) -> dict[str, str]:
+        return {role: getattr(self, role) for role in NODE_INPUTS[self.kind]}
+
+    @model_validator(mode="after")
+    def _roles(self):
+        roles = NODE_INPUTS[self.kind]
+        missing = [r for r in roles if getattr(self, r) is None]
+        extra = [r for r in ("model", "teacher", "student", "rollouts") if r not in roles and getattr(self, r)]
+        if missing or extra:
+            raise ValueError(f"a {self.kind} node takes inputs {list(roles)}; missing {missing}, unexpected {extra}")
+        if (self.kind == "grpo") != (self.split is not None):
+            raise ValueError("'split' is required for grpo nodes and only for them")
+        return self
+
+
+class Grid(Strict):
+    """Arms to compare: each arm names the model node it evaluates."""
+
+    name: str
+    nodes: dict[str, GridNode] = Field(default_factory=dict)
+    arms: dict[str, str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self):
+        known = set(self.nodes) | set(BASE_MODELS)
+        for name in self.nodes:
+            if name in BASE_MODELS:
+                raise ValueError(f"node name '{name}' is reserved for the base model")
+        for name, node in self.nodes.items():
+            for role, ref in node.inputs().items():
+                if ref not in known:
+                    raise ValueError(f"nodes.{name}.{role}: unknown node '{ref}', expected one of {sorted(known)}")
+                if role == "rollouts" and (ref not in self.nodes or self.nodes[ref].kind != "rollouts"):
+                    raise ValueError(f"nodes.{name}.rollouts: '{ref}' is not a rollouts node")
+        for arm, ref in self.arms.items():
+            if ref not in known:
+                raise ValueError(f"arms.{arm}: unknown node '{ref}', expected one of {sorted(known)}")
+            if ref in self.nodes and self.nodes[ref].kind == "rollouts":
+                raise ValueError(f"arms.{arm}: '{ref}' is a rollouts node, not a model")
+        self._check_acyclic()
+        return self
+
+    def _check_acyclic(self) -> None:
+        state: dict[str, str] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if name in BASE_MODELS or state.get(name) == "done":
+                return
+            if state.get(name) == "open":
+                raise ValueError(f"nodes form a cycle: {' -> '.join(path + [name])}")
+            state[name] = "open"
+            for ref in self.nodes[name].inputs().values():
+                visit(ref, path + [name])
+            state[name] = "done"
+
+        for name in self.nodes:
+            visit(name, [])
+
+
+def load_grid(name_or_path: str | Path) -> Grid:
+    """A grid by name (configs/grids/<name>.yaml) or path."""
+    path = _resolve(name_or_path, "grids")
+    return _validate(Grid, load_yaml(path), path)
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def _resolve(name_or_path: str | Path, folder: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file")
+        return path
+    candidate = CONFIG_DIR / folder / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = sorted(p.stem for p in (CONFIG_DIR / folder).glob("*.yaml"))
+        raise ConfigError(f"unknown {folder[:-1]} '{name_or_path}': expected one of {known} or a YAML path")
+    return candidate
+
+
+def _validate(schema: type[BaseModel], data: object, source: Path):
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: invalid {schema.__name__.lower()}"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_profile(name_or_path: str | Path, overrides: dict | None = None) -> Profile:
+    """A profile by name (configs/profiles/<name>.yaml) or path, with optional dotted overrides.
+
+    `extends: <profile>` starts from another profile and changes only what it lists.
+    """
+    path = _resolve(name_or_path, "profiles")
+    data = _with_parents(path, seen=())
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return _validate(Profile, data, path)
+
+
+def _with_parents(path: Path, seen: tuple) -> dict:
+    data = load_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_path = _resolve(parent, "profiles")
+    if parent_path in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle through {parent_path}")
+    return _merge(_with_parents(parent_path, seen + (path,)), data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value

@@ -1,0 +1,147 @@
+"""The paper's hub datasets, each mapped to one schema: rows {id, problem, answer}.
+
+Every source keeps its real column layout on disk; a small mapper per source turns one raw record into
+the common row, so the rest of the code never sees hub-specific columns. `path=` loads a local copy in the
+same layout, which is how tests and offline machines use this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+Row = dict[str, str]
+
+# DAPO wraps every problem in the same instruction; the bare problem is what the students must see.
+DAPO_PREFIX = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+)
+DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
+
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json"}
+
+
+class HubSource(NamedTuple):
+    """Where a dataset lives on the hub and how one raw record becomes a row."""
+
+    repo_id: str
+    split: str
+    columns: tuple[str, ...]  # raw columns the mapper reads; checked up front for a clear error
+    to_row: Callable[[dict], Row]
+    dedup: bool = False  # DAPO repeats each problem ~100 times; keep the first copy only
+
+
+def dapo_problem(prompt: list[dict]) -> str:
+    """The bare problem inside DAPO's chat prompt, instruction prefix and reminder suffix removed."""
+    text = prompt[0]["content"]
+    text = text.removeprefix(DAPO_PREFIX).removesuffix(DAPO_SUFFIX)
+    return text.strip()
+
+
+def _dapo_row(record: dict) -> Row:
+    problem = dapo_problem(record["prompt"])
+    # Ids come from the text, not the row position, so they survive dedup and reshuffles.
+    digest = hashlib.sha256(problem.encode("utf-8")).hexdigest()[:12]
+    return {"id": f"dapo-{digest}", "problem": problem, "answer": str(record["reward_model"]["ground_truth"]).strip()}
+
+
+def _math500_row(record: dict) -> Row:
+    return {"id": f"math500-{record['unique_id']}", "problem": record["problem"].strip(), "answer": str(record["answer"]).strip()}
+
+
+def _aime_row(prefix: str) -> Callable[[dict], Row]:
+    # Some AIME copies store answers as ints; the schema is strings throughout.
+    def to_row(record: dict) -> Row:
+        return {"id": f"{prefix}-{record['id']}", "problem": record["problem"].strip(), "answer": str(record["answer"]).strip()}
+
+    return to_row
+
+
+HUB_DATASETS: dict[str, HubSource] = {
+    "dapo-math-17k": HubSource("BytedTsinghua-SIA/DAPO-Math-17k", "train", ("prompt", "reward_model"), _dapo_row, dedup=True),
+    "math500": HubSource("HuggingFaceH4/MATH-500", "test", ("problem", "answer", "unique_id"), _math500_row),
+    "aime24": HubSource("HuggingFaceH4/aime_2024", "train", ("id", "problem", "answer"), _aime_row("aime24")),
+    "aime25": HubSource("yentinglin/aime_2025", "train", ("id", "problem", "answer"), _aime_row("aime25")),
+}
+
+
+def _load_raw(source: HubSource, path: str | None):
+    """The raw `datasets.Dataset`: from the hub, a local data file, or a local folder."""
+    import datasets  # heavy import, only paid when data is actually loaded
+
+    if path is None:
+        return datasets.load_dataset(source.repo_id, split=source.split)
+    local = Path(path)
+    if local.is_file():
+        builder = DATA_FILE_BUILDERS.get(local.suffix)
+        if builder is None:
+            raise ValueError(f"unsupported data file {path}: expected one of {sorted(DATA_FILE_BUILDERS)}")
+        return datasets.load_dataset(builder, data_files=str(local), split="train")
+    if local.is_dir():
+        try:
+            # A snapshot of the hub repo keeps its split names, so the folder loads like the hub id.
+            return datasets.load_dataset(str(local), split=source.split)
+        except (ValueError, FileNotFoundError):
+            return _load_folder_files(local)
+    raise ValueError(f"{path} is neither a data file nor a folder")
+
+
+def _load_folder_files(folder: Path):
+    """All data files inside a folder as one split, for folders whose file names don't name the split."""
+    import datasets
+
+    for suffix, builder in DATA_FILE_BUILDERS.items():
+        files = sorted(str(f) for f in folder.rglob(f"*{suffix}"))
+        if files:
+            return datasets.load_dataset(builder, data_files=files, split="train")
+    raise ValueError(f"no {'/'.join(DATA_FILE_BUILDERS)} files in {folder}")
+
+
+def load_hub_rows(name: str, path: str | None = None, limit: int | None = None) -> list[Row]:
+    """Rows {id, problem, answer} of a named hub dataset. `path` overrides the hub id with a local folder or
+    data file (parquet/json/jsonl) in the same column layout (this is how tests and offline users load it).
+    `limit` caps the number of returned rows (after dedup), stopping the scan early."""
+    if name not in HUB_DATASETS:
+        raise ValueError(f"unknown hub dataset {name!r}; known: {sorted(HUB_DATASETS)}")
+    source = HUB_DATASETS[name]
+    raw = _load_raw(source, path)
+    missing = [c for c in source.columns if c not in raw.column_names]
+    if missing:
+        where = path or source.repo_id
+        raise ValueError(f"{name}: expected column {missing[0]!r} in {where}, found {raw.column_names}")
+
+    rows: list[Row] = []
+    seen: set[str] = set()
+    # Batched column access: per-row iteration over DAPO's ~1.79M raw rows would be needlessly slow.
+    for batch in raw.select_columns(list(source.columns)).iter(batch_size=10_000):
+        for values in zip(*(batch[c] for c in source.columns)):
+            row = source.to_row(dict(zip(source.columns, values)))
+            if source.dedup:
+                if row["problem"] in seen:
+                    continue
+                seen.add(row["problem"])
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                return rows
+    return rows
+
+
+def split_dapo(rows: list[Row], seed: int = 42, heldout_fraction: float = 0.2) -> tuple[list[Row], list[Row]]:
+    """(train, heldout) split of deduplicated DAPO rows, as the authors' 80/20 seed-42 split.
+
+    Same indices as `datasets.Dataset.train_test_split(test_size=heldout_fraction, seed=seed)`: a PCG64
+    permutation from `np.random.default_rng(seed)`, held-out = first ceil(fraction * n) positions, train = the
+    rest (17,398 rows -> 13,918 train / 3,480 held out). Reimplemented with numpy so the split needs no
+    Arrow round trip and stays pinned even if `datasets` changes its caching.
+    """
+    n = len(rows)
+    n_heldout = math.ceil(heldout_fraction * n)
+    order = np.random.default_rng(seed).permutation(n)
+    heldout = [rows[i] for i in order[:n_heldout]]
+    train = [rows[i] for i in order[n_heldout:]]
+    return train, heldout

@@ -1,0 +1,103 @@
+"""Models and tokenizers: the toy's locally built ones, and loading any saved or hub model."""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config
+
+from .config import HardwareSpec, ModelSpec, ToyArch
+
+SPECIALS = ["<|pad|>", "<|end|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>"]
+# One special token per role keeps toy prompts short; the template is a plain concatenation,
+# so a prompt's tokens are always a prefix of prompt + completion (TRL relies on that).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ '<|end|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def build_toy_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII with a chat template."""
+    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"(?m)."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<|pad|>", eos_token="<|end|>", unk_token="<|unk|>",
+        additional_special_tokens=SPECIALS[3:],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def build_toy_model(arch: ToyArch, tokenizer, seed: int) -> torch.nn.Module:
+    """A randomly initialised Qwen3 of the given size."""
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=arch.hidden_size, num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads,
+        head_dim=arch.hidden_size // arch.num_heads, intermediate_size=arch.intermediate_size,
+        max_position_embeddings=512, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def device_for(hardware: HardwareSpec) -> str:
+    if hardware.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return hardware.device
+
+
+def dtype_for(hardware: HardwareSpec) -> torch.dtype:
+    return torch.bfloat16 if hardware.precision == "bf16" else torch.float32
+
+
+def set_threads(hardware: HardwareSpec) -> None:
+    torch.set_num_threads(hardware.num_threads or os.cpu_count() or 1)
+
+
+def model_source(spec: ModelSpec) -> str:
+    """Where a base model's weights come from: a hub id or local folder."""
+    if spec.source != "hub" or not spec.name:
+        raise ValueError("only hub models have a source name; toy models are built by stage 0")
+    return spec.name
+
+
+def load_tokenizer(path: str | Path):
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(path: str | Path, hardware: HardwareSpec, device: str | None = None):
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype_for(hardware))
+    return model.to(device or device_for(hardware))
+
+
+def vocab_size(path: str | Path) -> int:
+    return AutoConfig.from_pretrained(str(path)).vocab_size
+
+
+def check_same_vocabulary(teacher: str | Path, student: str | Path) -> None:
+    """Token-level distillation compares distributions over one vocabulary."""
+    t, s = vocab_size(teacher), vocab_size(student)
+    if t != s:
+        raise ValueError(f"teacher {teacher} has vocabulary {t}, student {student} has {s}: they must match")
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)

@@ -1,0 +1,33 @@
+"""Teacher rollouts on the distillation prompts, saved for the forward-KL warmup (Stage 2a)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import data
+from ..config import Profile, RolloutsSpec
+from ..data import Split
+from ..generation import make_generator
+from ..models import set_threads
+from .common import result, stopwatch, write_json, write_jsonl
+
+VERSION = 1
+
+
+def rollouts(profile: Profile, spec: RolloutsSpec, teacher_path: str, split: Split, out: Path, seed: int) -> dict:
+    """`samples_per_prompt` teacher completions per prompt, as rows {id, prompt, completion, num_tokens}."""
+    set_threads(profile.hardware)
+    with stopwatch() as clock:
+        convs = [data.messages(r["problem"], profile.data) for r in split.rows]
+        generator = make_generator(teacher_path, profile.generation, profile.hardware,
+                                   profile.data.chat_template_kwargs)
+        samples = generator.generate(convs, spec, n=spec.samples_per_prompt, seed=seed)
+        rows = [{"id": r["id"], "prompt": c, "completion": s.text, "num_tokens": s.num_tokens}
+                for r, c, group in zip(split.rows, convs, samples) for s in group]
+        write_jsonl(out / "rollouts.jsonl", rows)
+        # Forward KL with soft targets needs the teacher that sampled these sequences.
+        write_json(out / "meta.json", {"teacher": str(teacher_path), "split": split.describe()})
+    tokens = sum(r["num_tokens"] for r in rows)
+    return result(compute_s=clock["seconds"], rollouts=out / "rollouts.jsonl",
+                  metrics={"rollouts": len(rows), "tokens_generated": tokens,
+                           "mean_response_tokens": tokens / max(len(rows), 1)})

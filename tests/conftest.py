@@ -1,0 +1,25 @@
+"""Shared fixtures: the smoke profile's base models, built once per test session by stage 0."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smoke():
+    from sparse2dense.config import load_profile
+
+    return load_profile("smoke")
+
+
+@pytest.fixture(scope="session")
+def bases(smoke, tmp_path_factory):
+    """Pretrained smoke teacher and student model folders."""
+    from sparse2dense.stages.base import prepare_base
+
+    root = tmp_path_factory.mktemp("bases")
+    return {role: prepare_base(smoke, role, root / role)["outputs"]["model"] for role in ("teacher", "student")}

@@ -1,0 +1,84 @@
+import pytest
+import yaml
+
+from sparse2dense.config import ConfigError, load_grid, load_profile
+
+PROFILES = ["smoke", "toy", "qwen3-8b-1.7b", "qwen3-14b-1.7b", "llama-70b-8b"]
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_shipped_profiles_load(name):
+    profile = load_profile(name)
+    assert profile.name == name
+
+
+def test_paper_profiles_use_the_authors_hyperparameters():
+    p = load_profile("qwen3-8b-1.7b")
+    assert (p.grpo.epsilon, p.grpo.epsilon_high, p.grpo.loss_type, p.grpo.beta) == (0.2, 0.28, "dapo", 0.0)
+    assert (p.grpo.num_generations, p.grpo.learning_rate, p.grpo.weight_decay) == (8, 1e-6, 0.1)
+    assert p.grpo.prompts_per_step * p.grpo.steps_per_generation == 512
+    e = p.evaluate
+    assert (e.samples, e.temperature, e.top_p, e.top_k) == (16, 0.7, 0.8, 20)
+    assert "\\boxed{}" in p.data.prompt_suffix
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def smoke_with(tmp_path, edit):
+    data = yaml.safe_load(open(load_profile.__globals__["CONFIG_DIR"] / "profiles" / "smoke.yaml"))
+    edit(data)
+    return write(tmp_path, "p", data)
+
+
+@pytest.mark.parametrize("edit,field,expected", [
+    (lambda d: d["grpo"].update(learning_rat=1e-3), "grpo.learning_rat", "Extra inputs are not permitted"),
+    (lambda d: d["grpo"].update(steps="many"), "grpo.steps", "valid integer"),
+    (lambda d: d["data"].update(labeled_budget=10_000), "data", "labeled_budget = 10000 is larger than"),
+    (lambda d: d["evaluate"].update(pass_at=[1, 8]), "evaluate", "k=[8] is larger than samples (2)"),
+    (lambda d: d["models"]["teacher"].update(vocab_size=100) or d["models"]["student"].update(vocab_size=101),
+     "models", "vocabularies differ"),
+    (lambda d: d["models"]["teacher"].pop("arch"), "models.teacher", "needs 'arch'"),
+    (lambda d: d["grpo"].update(micro_batch=5), "grpo", "micro_batch (5) must divide"),
+    (lambda d: d["data"].update(pool_size=2000), "data", "too many distinct problems"),
+])
+def test_bad_profiles_name_the_field(tmp_path, edit, field, expected):
+    with pytest.raises(ConfigError) as err:
+        load_profile(smoke_with(tmp_path, edit))
+    message = str(err.value)
+    assert f"  {field}" in message and expected in message
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(ConfigError, match="expected one of .*smoke"):
+        load_profile("nope")
+
+
+def test_overrides_are_validated():
+    assert load_profile("smoke", {"data.labeled_budget": 8}).data.labeled_budget == 8
+    with pytest.raises(ConfigError, match="data.labeled_budget"):
+        load_profile("smoke", {"data.labeled_budget": -1})
+
+
+def test_allocation_grid():
+    grid = load_grid("allocation")
+    assert set(grid.arms) == {"teacher-base", "student-base", "teacher-grpo", "direct-grpo", "raw-teacher-bridge",
+                              "fkl-only", "opd-only", "bridge", "bridge+grpo", "bridge+replay"}
+    assert grid.nodes["bridge"].inputs() == {"teacher": "teacher-grpo", "student": "fkl-only"}
+
+
+@pytest.mark.parametrize("nodes,arms,expected", [
+    ({"a": {"kind": "grpo", "model": "b", "split": "labeled"}}, {"x": "a"}, "unknown node 'b'"),
+    ({"a": {"kind": "opd", "teacher": "teacher"}}, {"x": "a"}, "missing ['student']"),
+    ({"a": {"kind": "grpo", "model": "teacher"}}, {"x": "a"}, "'split' is required"),
+    ({"a": {"kind": "replay", "model": "b"}, "b": {"kind": "replay", "model": "a"}}, {"x": "a"}, "cycle"),
+    ({"r": {"kind": "rollouts", "model": "teacher"}}, {"x": "r"}, "not a model"),
+    ({"f": {"kind": "forward_kl", "student": "student", "rollouts": "teacher"}}, {"x": "f"}, "not a rollouts node"),
+])
+def test_bad_grids(tmp_path, nodes, arms, expected):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_grid(write(tmp_path, "g", {"name": "g", "nodes": nodes, "arms": arms}))
+    assert expected in str(err.value)
