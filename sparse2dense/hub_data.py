@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -50,20 +51,23 @@ def _dapo_row(record: dict) -> Row:
     return {"id": f"dapo-{digest}", "problem": problem, "answer": str(record["reward_model"]["ground_truth"]).strip()}
 
 
+def _row(row_id: str, record: dict) -> Row:
+    # Some copies store answers as ints (AIME); the schema is strings throughout.
+    return {"id": row_id, "problem": record["problem"].strip(), "answer": str(record["answer"]).strip()}
+
+
 def _math500_row(record: dict) -> Row:
-    return {"id": f"math500-{record['unique_id']}", "problem": record["problem"].strip(), "answer": str(record["answer"]).strip()}
+    return _row(f"math500-{record['unique_id']}", record)
 
 
 def _aime_row(prefix: str) -> Callable[[dict], Row]:
-    # Some AIME copies store answers as ints; the schema is strings throughout.
-    def to_row(record: dict) -> Row:
-        return {"id": f"{prefix}-{record['id']}", "problem": record["problem"].strip(), "answer": str(record["answer"]).strip()}
-
-    return to_row
+    return lambda record: _row(f"{prefix}-{record['id']}", record)
 
 
 HUB_DATASETS: dict[str, HubSource] = {
-    "dapo-math-17k": HubSource("BytedTsinghua-SIA/DAPO-Math-17k", "train", ("prompt", "reward_model"), _dapo_row, dedup=True),
+    "dapo-math-17k": HubSource(
+        "BytedTsinghua-SIA/DAPO-Math-17k", "train", ("prompt", "reward_model"), _dapo_row, dedup=True
+    ),
     "math500": HubSource("HuggingFaceH4/MATH-500", "test", ("problem", "answer", "unique_id"), _math500_row),
     "aime24": HubSource("HuggingFaceH4/aime_2024", "train", ("id", "problem", "answer"), _aime_row("aime24")),
     "aime25": HubSource("yentinglin/aime_2025", "train", ("id", "problem", "answer"), _aime_row("aime25")),

@@ -97,8 +97,11 @@ def test_int_answers_become_strings(tmp_path):
 
 def test_folder_with_split_named_file(tmp_path):
     # A hub snapshot names its file after the split (MATH-500 ships test.jsonl).
-    shutil.copy(FIXTURES / "math500.jsonl", tmp_path / "test.jsonl")
-    assert load_hub_rows("math500", path=str(tmp_path)) == load_hub_rows("math500", path=str(FIXTURES / "math500.jsonl"))
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    shutil.copy(FIXTURES / "math500.jsonl", snapshot / "test.jsonl")
+    expected = load_hub_rows("math500", path=str(FIXTURES / "math500.jsonl"))
+    assert load_hub_rows("math500", path=str(snapshot)) == expected
 
 
 def test_folder_with_other_file_names(tmp_path):

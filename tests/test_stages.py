@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 
 from sparse2dense import data
-from sparse2dense.config import load_profile
 from sparse2dense.stages.distill import forward_kl, opd
 from sparse2dense.stages.evaluate import evaluate
 from sparse2dense.stages.grpo import grpo

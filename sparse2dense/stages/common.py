@@ -93,3 +93,10 @@ def log_summary(history: list[dict], key: str) -> dict:
     """First and last logged value of a training metric (the curve itself goes to tracking)."""
     values = [h[key] for h in history if key in h]
     return {f"{key}_first": values[0], f"{key}_last": values[-1]} if values else {}
+
+
+def silence_printer(trainer) -> None:
+    """Training logs go to tracking callbacks, not printed dicts on stdout."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)

@@ -20,8 +20,18 @@ from ..data import Split
 from ..generation import TransformersGenerator, resolve_backend
 from ..models import check_same_vocabulary, load_model, load_tokenizer, save_model, set_threads
 from . import loop
-from .common import (MODEL_DIR, checkpoint_step, last_checkpoint, log_summary, read_jsonl, result, stopwatch,
-                     trainer_args, write_json)
+from .common import (
+    MODEL_DIR,
+    checkpoint_step,
+    last_checkpoint,
+    log_summary,
+    read_jsonl,
+    result,
+    silence_printer,
+    stopwatch,
+    trainer_args,
+    write_json,
+)
 
 VERSION = 1
 FORWARD, REVERSE = 0.0, 1.0  # TRL's beta: 0 = KL(teacher || student), 1 = KL(student || teacher)
@@ -130,6 +140,7 @@ def opd(profile: Profile, spec: OPDSpec, teacher_path: str, student_path: str, s
             train_dataset=Dataset.from_list([{"prompt": c} for c in convs]),
             processing_class=tokenizer, callbacks=list(callbacks),
         )
+        silence_printer(trainer)
         resume = last_checkpoint(out)
         trainer.train(resume_from_checkpoint=resume)
         after = _reverse_kl_on_samples(trainer.model, teacher, tokenizer, probe_prompts, spec, profile, seed)

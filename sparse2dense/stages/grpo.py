@@ -13,7 +13,17 @@ from ..data import Split
 from ..generation import resolve_backend
 from ..models import load_model, load_tokenizer, save_model, set_threads
 from ..verify import is_correct
-from .common import MODEL_DIR, checkpoint_step, last_checkpoint, log_summary, result, stopwatch, trainer_args, write_json
+from .common import (
+    MODEL_DIR,
+    checkpoint_step,
+    last_checkpoint,
+    log_summary,
+    result,
+    silence_printer,
+    stopwatch,
+    trainer_args,
+    write_json,
+)
 
 VERSION = 1
 
@@ -37,6 +47,7 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
             args=grpo_config(profile, spec, out, seed), train_dataset=dataset,
             processing_class=tokenizer, callbacks=list(callbacks),
         )
+        silence_printer(trainer)
         resume = last_checkpoint(out)
         trainer.train(resume_from_checkpoint=resume)
         save_model(trainer.model, tokenizer, out / MODEL_DIR)

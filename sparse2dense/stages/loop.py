@@ -7,9 +7,9 @@ hold the optimizer too, so a run killed at step N resumes at N with the same dat
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import get_constant_schedule_with_warmup

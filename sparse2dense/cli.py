@@ -1,0 +1,119 @@
+"""`s2d`: plan, run and report the allocation grid.
+
+    s2d plan --profile toy                 # nodes, keys, cached / stale / pending
+    s2d grid --profile toy --seeds 0,1     # run (Prefect, local mode unless PREFECT_API_URL is set)
+    s2d report --profile toy --format md   # the comparison from what is on disk
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+from . import dag
+from . import report as comparison
+from .config import ConfigError, load_grid, load_profile
+
+
+def _csv(kind):
+    return lambda text: [kind(x) for x in text.split(",") if x.strip()]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="toy", help="a name in configs/profiles/ or a YAML path")
+    p.add_argument("--grid", default="allocation", help="a name in configs/grids/ or a YAML path")
+    p.add_argument("--arms", type=_csv(str), default=None, help="comma-separated arms (default: all)")
+    p.add_argument("--seeds", type=_csv(int), default=[0], help="comma-separated seeds (default: 0)")
+    p.add_argument("--labeled-budget", type=int, default=None, help="override data.labeled_budget")
+    p.add_argument("--artifacts", default=None, help="artifact root (default: $S2D_ARTIFACTS or ./artifacts)")
+
+
+def _plan(args) -> dag.Plan:
+    overrides = {"data.labeled_budget": args.labeled_budget} if args.labeled_budget else {}
+    return dag.plan(load_profile(args.profile, overrides), load_grid(args.grid), args.arms, args.seeds)
+
+
+def cmd_plan(args) -> int:
+    plan, root = _plan(args), dag.artifacts_root(args.artifacts)
+    nodes = [{"key": k, "kind": n.kind, "name": n.name, "arms": plan.arms_of[k], "status": dag.status(root, n),
+              "inputs": {role: p.key for role, p in n.inputs}} for k, n in plan.nodes.items()]
+    if args.format == "json":
+        print(json.dumps(nodes, indent=2))
+        return 0
+    for n in nodes:
+        print(f"{n['status']:8} {n['kind']:10} {n['key']}  {n['name']:22} arms: {','.join(n['arms'])}")
+    counts = {s: sum(n["status"] == s for n in nodes) for s in ("cached", "stale", "pending")}
+    print(f"{len(nodes)} nodes: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_report(args) -> int:
+    table = comparison.rows(_plan(args), dag.artifacts_root(args.artifacts))
+    if args.format == "json":
+        print(json.dumps([{k: v for k, v in r.items() if not k.endswith("_key")} for r in table], indent=2))
+    elif args.format == "csv":
+        print(comparison.to_csv(table), end="")
+    else:
+        print(comparison.markdown(table), end="")
+    return 0
+
+
+def cmd_grid(args) -> int:
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sparse2dense")
+    from flows import GridFailed, ablation_grid
+
+    _plan(args)  # validate the whole configuration before Prefect starts anything
+    try:
+        ablation_grid(profile=args.profile, grid=args.grid, arms=args.arms, seeds=args.seeds,
+                      labeled_budget=args.labeled_budget, refresh=args.refresh or [], artifacts=args.artifacts)
+    except GridFailed as err:
+        print(f"s2d grid: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _quiet_logs() -> None:
+    """Progress lines from sparse2dense; warnings only from the libraries underneath."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("sparse2dense").setLevel(logging.INFO)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s2d", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="list the grid's nodes and whether each is computed")
+    _common(p)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(run=cmd_plan)
+    p = sub.add_parser("grid", help="run the grid (only nodes not yet computed)")
+    _common(p)
+    p.add_argument("--refresh", action="append", metavar="KIND|KEY|NAME",
+                   help="recompute these nodes (a kind, a key or key prefix, or a grid node name); repeatable")
+    p.set_defaults(run=cmd_grid)
+    p = sub.add_parser("report", help="print the comparison of what is computed")
+    _common(p)
+    p.add_argument("--format", choices=["md", "csv", "json"], default="md")
+    p.set_defaults(run=cmd_report)
+    args = parser.parse_args(argv)
+    _quiet_logs()
+    try:
+        return args.run(args)
+    except (ConfigError, ValueError) as err:
+        print(f"s2d: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The comparison: one row per arm and seed, then mean +- standard error over seeds per arm.
+
+Each arm is charged the labels and compute of its whole lineage: the bridge pays for the
+teacher's GRPO too, which is the point of the paper's accounting.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from .dag import Node, Plan, lineage, read_manifest
+
+
+def _family(node: Node) -> str:
+    """Which base model a model node descends from: the model that received the labels."""
+    if node.kind == "base":
+        return node.params["role"]
+    inputs = node.input_map
+    return _family(inputs.get("student") or inputs["model"])
+
+
+def rows(plan: Plan, root: Path) -> list[dict]:
+    """One dict per (arm, seed): metrics of its evaluation, labels spent and compute of its lineage."""
+    out = []
+    for row in plan.rows:
+        evaluation = read_manifest(root, row.evaluation)
+        nodes = lineage(row.model)
+        manifests = {n.key: read_manifest(root, n) for n in nodes}
+        spent = [(n, manifests[n.key]) for n in nodes if manifests[n.key] and manifests[n.key]["labels_used"]]
+        record = {
+            "arm": row.arm, "seed": row.seed, "status": "completed" if evaluation else "missing",
+            "labels_used": sum(m["labels_used"] for _, m in spent),
+            "labels_on": ", ".join(f"{m['labels_used']} {m['labels_on']} on {_family(n)}" for n, m in spent) or "none",
+            "compute_s": round(sum(m["compute_s"] for m in manifests.values() if m), 1),
+            "model_key": row.model.key, "eval_key": row.evaluation.key,
+        }
+        if evaluation:
+            record.update({k: v for k, v in evaluation["metrics"].items() if "@" in k})
+        out.append(record)
+    return out
+
+
+def metric_names(table: list[dict]) -> list[str]:
+    names: list[str] = []
+    for r in table:
+        names += [k for k in r if "@" in k and k not in names]
+    return names
+
+
+def summary(table: list[dict]) -> list[dict]:
+    """Mean and standard error over seeds, per arm, in the grid's arm order."""
+    arms: dict[str, list[dict]] = {}
+    for r in table:
+        arms.setdefault(r["arm"], []).append(r)
+    out = []
+    for arm, group in arms.items():
+        done = [r for r in group if r["status"] == "completed"]
+        line = {"arm": arm, "seeds": len(done), "labels_on": group[0]["labels_on"],
+                "labels_used": group[0]["labels_used"],
+                "compute_s": round(sum(r["compute_s"] for r in group) / len(group), 1)}
+        for name in metric_names(done):
+            values = [r[name] for r in done if name in r]
+            mean = sum(values) / len(values)
+            line[name], line[f"{name} sem"] = mean, _sem(values, mean)
+        out.append(line)
+    return out
+
+
+def _sem(values: list[float], mean: float) -> float:
+    if len(values) < 2:
+        return 0.0
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def markdown(table: list[dict]) -> str:
+    lines = summary(table)
+    names = metric_names(table)
+    head = ["arm", "seeds", *names, "labels used", "compute (s)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in lines:
+        cells = [f"{100 * r[n]:.1f} ± {100 * r[n + ' sem']:.1f}" if n in r else "-" for n in names]
+        row = [r["arm"], str(r["seeds"]), *cells, r["labels_on"], f"{r['compute_s']:.0f}"]
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: list[dict]) -> str:
+    fields = ["arm", "seed", "status", *metric_names(table), "labels_used", "labels_on", "compute_s"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(table)
+    return buf.getvalue()
+
+
+def chart(table: list[dict], path: Path) -> None:
+    """Bar chart of each arm's first avg@ metric, with standard-error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = summary(table)
+    names = [n for n in metric_names(table) if "/avg@" in n][:1]
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(lines)), 4))
+    if names:
+        name = names[0]
+        shown = [r for r in lines if name in r]
+        ax.bar([r["arm"] for r in shown], [100 * r[name] for r in shown],
+               yerr=[100 * r[f"{name} sem"] for r in shown], capsize=3, color="#4c72b0")
+        ax.set_ylabel(f"{name} (%)")
+    ax.set_title("sparse2dense: arms compared")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(table: list[dict], folder: Path) -> dict[str, Path]:
+    """comparison.{md,csv,json,png} in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"md": folder / "comparison.md", "csv": folder / "comparison.csv",
+             "json": folder / "comparison.json", "png": folder / "comparison.png"}
+    files["md"].write_text(markdown(table))
+    files["csv"].write_text(to_csv(table))
+    files["json"].write_text(json.dumps(table, indent=2))
+    chart(table, files["png"])
+    return files

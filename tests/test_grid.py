@@ -1,0 +1,146 @@
+"""The grid through real Prefect (a temporary server) and a real MLflow store, on the smoke profile."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from sparse2dense import dag
+from sparse2dense.config import load_grid, load_profile
+
+pytestmark = pytest.mark.slow
+ARMS = ["teacher-base", "direct-grpo", "fkl-only", "bridge", "bridge+replay"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Artifacts, MLflow store and Prefect server of this module's grids."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    root = tmp_path_factory.mktemp("grid")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    patch.setenv("S2D_ARTIFACTS", str(root / "artifacts"))
+    with prefect_test_harness(server_startup_timeout=120):
+        yield root / "artifacts"
+    patch.undo()
+
+
+def run_grid(**kwargs):
+    from flows import ablation_grid
+
+    return ablation_grid(profile="smoke", **kwargs)
+
+
+def node_runs(kind=None) -> list:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("s2d-smoke")
+    query = "tags.`s2d.kind` != 'grid'" if kind is None else f"tags.`s2d.kind` = '{kind}'"
+    return client.search_runs([experiment.experiment_id], query, max_results=1000)
+
+
+def smoke_plan(arms=None, seeds=(0,)):
+    return dag.plan(load_profile("smoke"), load_grid("allocation"), arms, list(seeds))
+
+
+@pytest.fixture(scope="module")
+def first(env):
+    return run_grid()
+
+
+def test_grid_computes_each_node_once_and_reports_every_arm(env, first):
+    plan = smoke_plan()
+    runs = node_runs()
+    keys = [r.data.tags["s2d.key"] for r in runs]
+    assert sorted(keys) == sorted(plan.nodes)  # one node run per key, shared nodes once
+    chains = sum(len(dag.lineage(row.evaluation)) for row in plan.rows)
+    assert len(plan.nodes) < chains
+    table = json.loads(open(first["report"]["json"]).read())
+    assert {r["arm"] for r in table} == set(load_grid("allocation").arms)
+    assert all(r["status"] == "completed" and "toy-test/avg@2" in r for r in table)
+    bridge_grpo = next(r for r in table if r["arm"] == "bridge+grpo")
+    assert bridge_grpo["labels_on"] == "16 labeled on teacher, 16 heldout on student"
+
+
+def test_manifests_hold_the_contract(env, first):
+    for node in smoke_plan().nodes.values():
+        manifest = json.loads((dag.node_dir(env, node) / "manifest.json").read_text())
+        assert manifest["key"] == node.key and manifest["status"] == "completed"
+        assert {"kind", "inputs", "params", "metrics", "mlflow_run_id", "code_fingerprint",
+                "resumed_from_step", "packages", "files"} <= set(manifest)
+        assert manifest["inputs"] == {role: parent.key for role, parent in node.inputs}
+
+
+def test_grid_run_links_the_comparison_and_every_node_run(env, first):
+    client = MlflowClient()
+    grid_run = client.get_run(first["grid_run_id"])
+    assert grid_run.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(grid_run.info.run_id, "comparison")}
+    assert {"comparison/comparison.md", "comparison/comparison.png", "comparison/comparison.json"} <= artifacts
+    linked = json.loads(open(client.download_artifacts(grid_run.info.run_id, "node_runs.json")).read())
+    assert set(linked.values()) == {r.info.run_id for r in node_runs()}
+    evaluation = node_runs("evaluate")[0]
+    assert "toy-test/avg_at_2" in evaluation.data.metrics
+    tables = [a.path for a in client.list_artifacts(evaluation.info.run_id, "samples")]
+    assert tables, "sample completions are logged as a table"
+
+
+def test_rerun_computes_nothing(env, first):
+    before = len(node_runs())
+    run_grid()
+    assert len(node_runs()) == before
+    plan = smoke_plan()
+    assert {dag.status(env, n) for n in plan.nodes.values()} == {"cached"}
+
+
+def test_adding_a_seed_computes_only_that_seed(env, first):
+    before = {r.data.tags["s2d.key"] for r in node_runs()}
+    run_grid(arms=ARMS, seeds=[0, 1])
+    after = {r.data.tags["s2d.key"] for r in node_runs()}
+    expected_new = set(smoke_plan(ARMS, (0, 1)).nodes) - set(smoke_plan().nodes)
+    assert after - before == expected_new
+    assert all(dag.node_dir(env, smoke_plan().nodes[k]).exists() for k in before)
+
+
+def test_refresh_recomputes_the_named_nodes(env, first):
+    plan = smoke_plan(["teacher-base"])
+    evaluation = plan.rows[0].evaluation
+    old = dag.read_manifest(env, evaluation)["mlflow_run_id"]
+    run_grid(arms=["teacher-base"], refresh=["evaluate:teacher-base"])
+    new = dag.read_manifest(env, evaluation)
+    assert new["mlflow_run_id"] != old
+    assert dag.read_manifest(env, plan.rows[0].model)["status"] == "completed"
+
+
+def test_a_node_that_fails_once_is_retried_and_resumes(env, first, monkeypatch):
+    from sparse2dense.stages import loop
+
+    real_step, calls = loop._step, {"n": 0}
+
+    def flaky_step(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the checkpoint at step 2
+            raise RuntimeError("transient failure")
+        return real_step(*args)
+
+    monkeypatch.setattr(loop, "_step", flaky_step)
+    run_grid(arms=["fkl-only"], refresh=["fkl-only"])
+    node = next(n for n in smoke_plan(["fkl-only"]).nodes.values() if n.name == "fkl-only")
+    manifest = dag.read_manifest(env, node)
+    assert manifest["resumed_from_step"] == 2
+    assert manifest["metrics"]["steps"] == 4
+
+
+def test_a_failing_arm_does_not_stop_the_others(env, first, monkeypatch):
+    from flows import GridFailed
+    from sparse2dense.stages import distill
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("OPD is broken")
+
+    monkeypatch.setattr(distill, "opd", broken)
+    with pytest.raises(GridFailed, match="opd-only"):
+        run_grid(arms=["opd-only", "direct-grpo"], seeds=[2])
+    plan = smoke_plan(["opd-only", "direct-grpo"], (2,))
+    status = {row.arm: dag.status(env, row.evaluation) for row in plan.rows}
+    assert status == {"opd-only": "pending", "direct-grpo": "cached"}
