@@ -6,7 +6,11 @@ PROFILE ?= toy
 # CPU wheel pin for laptops and CI; on GPU hosts install the CUDA torch first and set TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test ablation-grid plan report clean
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+export PREFECT_PORT MLFLOW_PORT
+
+.PHONY: setup test ablation-grid plan report ui ui-stop serve clean
 
 setup: $(BIN)/s2d
 
@@ -28,6 +32,17 @@ plan: setup
 
 report: setup
 	$(BIN)/s2d report --profile $(PROFILE)
+
+ui: setup
+	$(BIN)/s2d ui start
+
+ui-stop:
+	$(BIN)/s2d ui stop
+
+# Serves ablation-grid/local against the servers of `make ui`; runs from the UI execute here.
+serve: setup
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) \
+		$(BIN)/python -m flows.serve
 
 clean:
 	rm -rf artifacts mlflow.db mlruns

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -15,7 +16,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sparse2dense import dag
-from sparse2dense.config import load_grid, load_profile
+from sparse2dense.config import config_names, load_grid, load_profile
 from sparse2dense.dag import artifacts_root
 from sparse2dense.tracking import Tracker, tracking_uri
 from tasks import node_tasks, report_task
@@ -35,15 +36,33 @@ def _refreshing(plan: dag.Plan, refresh: list[str]) -> set[str]:
             if any(r in (n.kind, n.name) or (len(r) >= 6 and k.startswith(r)) for r in refresh)}
 
 
-@flow(name="ablation-grid", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
-def ablation_grid(profile: str = "toy", grid: str = "allocation", arms: list[str] | None = None,
+# Choices the Prefect UI renders as selects; the CLI may also pass YAML paths (validated by
+# load_profile / load_grid, hence validate_parameters=False).
+ProfileName = Literal[tuple(config_names("profiles"))]
+GridName = Literal[tuple(config_names("grids"))]
+ArmName = Literal[tuple(load_grid("allocation").arms)]
+
+
+@flow(name="ablation-grid", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
+      validate_parameters=False)
+def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", arms: list[ArmName] = [],
                   seeds: list[int] = [0], labeled_budget: int | None = None, refresh: list[str] = [],
                   artifacts: str | None = None) -> dict:
-    """Run the arms of `grid` on `profile` for each seed; nodes already computed are reused."""
+    """Run the arms of `grid` on `profile` for each seed; nodes already computed are reused.
+
+    Args:
+        profile: experiment profile (models, data, every stage's settings)
+        grid: which arms exist and how they chain stages
+        arms: arms to run (all when empty)
+        seeds: one run of every arm per seed
+        labeled_budget: override the profile's labeled budget L
+        refresh: recompute these nodes: a kind (opd), a key prefix or a grid node name (bridge)
+        artifacts: artifact root (default $S2D_ARTIFACTS or ./artifacts)
+    """
     logger = get_run_logger()
     overrides = _overrides(labeled_budget)
     prof, spec = load_profile(profile, overrides), load_grid(grid)  # fail before any compute
-    plan = dag.plan(prof, spec, arms, seeds)
+    plan = dag.plan(prof, spec, arms or None, seeds)
     root = artifacts_root(artifacts)
     tracker = Tracker(f"s2d-{prof.name}")
     tags = {"prefect.flow_run_id": str(flow_run.id), "s2d.profile": prof.name, "s2d.grid": spec.name}

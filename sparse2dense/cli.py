@@ -3,6 +3,7 @@
     s2d plan --profile toy                 # nodes, keys, cached / stale / pending
     s2d grid --profile toy --seeds 0,1     # run (Prefect, local mode unless PREFECT_API_URL is set)
     s2d report --profile toy --format md   # the comparison from what is on disk
+    s2d ui [stop]                          # Prefect and MLflow servers on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def cmd_grid(args) -> int:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sparse2dense")
     from flows import GridFailed, ablation_grid
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
     _plan(args)  # validate the whole configuration before Prefect starts anything
     try:
         ablation_grid(profile=args.profile, grid=args.grid, arms=args.arms, seeds=args.seeds,
@@ -90,6 +93,26 @@ def _quiet_logs() -> None:
     hf_logging.set_verbosity_error()
 
 
+def cmd_ui(args) -> int:
+    from pathlib import Path
+
+    from . import servers
+
+    run_dir = Path(args.run_dir).resolve()
+    if args.action == "stop":
+        stopped = servers.stop(run_dir)
+        print("stopped " + ", ".join(stopped) if stopped else "no servers were running")
+        return 0
+    try:
+        started = servers.start(run_dir)
+    except RuntimeError as err:
+        print(f"s2d ui: {err}", file=sys.stderr)
+        return 1
+    prefect, mlflow = started
+    print(f"Prefect UI: {prefect.url}\nMLflow UI:  {mlflow.url}\nlogs and pids: {run_dir}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s2d", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
     p.set_defaults(run=cmd_report)
+    p = sub.add_parser("ui", help="start (or stop) the Prefect and MLflow servers on 127.0.0.1")
+    p.add_argument("action", nargs="?", choices=["start", "stop"], default="start")
+    p.add_argument("--run-dir", default=".run", help="pid and log files (default: .run)")
+    p.set_defaults(run=cmd_ui)
     args = parser.parse_args(argv)
     _quiet_logs()
     try:

@@ -397,7 +397,7 @@ def _resolve(name_or_path: str | Path, folder: str) -> Path:
         return path
     candidate = CONFIG_DIR / folder / f"{name_or_path}.yaml"
     if not candidate.exists():
-        known = sorted(p.stem for p in (CONFIG_DIR / folder).glob("*.yaml"))
+        known = config_names(folder)
         raise ConfigError(f"unknown {folder[:-1]} '{name_or_path}': expected one of {known} or a YAML path")
     return candidate
 
@@ -411,6 +411,11 @@ def _validate(schema: type[BaseModel], data: object, source: Path):
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             lines.append(f"  {where}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def config_names(folder: str) -> list[str]:
+    """Names of the shipped profiles or grids."""
+    return sorted(p.stem for p in (CONFIG_DIR / folder).glob("*.yaml"))
 
 
 def load_yaml(path: Path) -> dict:

@@ -144,3 +144,22 @@ def test_a_failing_arm_does_not_stop_the_others(env, first, monkeypatch):
     plan = smoke_plan(["opd-only", "direct-grpo"], (2,))
     status = {row.arm: dag.status(env, row.evaluation) for row in plan.rows}
     assert status == {"opd-only": "pending", "direct-grpo": "cached"}
+
+
+def test_two_grids_at_once_compute_a_shared_node_once(env, tmp_path):
+    """Two `s2d grid` processes on one artifact root: the node lock makes the second wait, then reuse."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    shared = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "S2D_ARTIFACTS": str(tmp_path)}
+    command = [sys.executable, "-m", "sparse2dense.cli", "grid", "--profile", "smoke", "--arms", "student-base"]
+    procs = [subprocess.Popen(command, env=shared, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert {dag.status(tmp_path, n) for n in smoke_plan(["student-base"]).nodes.values()} == {"cached"}
+    for line in ("running base student", "running evaluate evaluate:student-base"):
+        assert sum(out.count(line) for out in outputs) == 1, outputs

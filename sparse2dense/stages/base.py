@@ -16,7 +16,6 @@ from ..verify import is_correct
 from . import loop
 from .common import MODEL_DIR, result, stopwatch
 
-VERSION = 1
 _DEV_SEED, _TRAIN_SEED = 3_000, 4_000
 _GREEDY = SamplingSpec(temperature=0, max_new_tokens=64)
 

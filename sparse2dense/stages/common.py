@@ -95,8 +95,25 @@ def log_summary(history: list[dict], key: str) -> dict:
     return {f"{key}_first": values[0], f"{key}_last": values[-1]} if values else {}
 
 
-def silence_printer(trainer) -> None:
-    """Training logs go to tracking callbacks, not printed dicts on stdout."""
+def vllm_args(profile) -> dict:
+    """TRL generates with colocated vLLM when the profile's backend resolves to it."""
+    from ..generation import resolve_backend
+
+    use_vllm = resolve_backend(profile.generation, profile.hardware) == "vllm"
+    return dict(use_vllm=use_vllm, vllm_mode="colocate",
+                vllm_gpu_memory_utilization=profile.generation.gpu_memory_utilization,
+                vllm_tensor_parallel_size=profile.generation.tensor_parallel_size)
+
+
+def run_trainer(trainer, tokenizer, out: Path) -> tuple[list[dict], str | None]:
+    """Train (resuming the last checkpoint in `out`), save the model; returns (log history, resumed from)."""
     from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)
+    from ..models import save_model
+
+    trainer.remove_callback(PrinterCallback)  # logs go to the tracking callback, not stdout
+    resume = last_checkpoint(out)
+    trainer.train(resume_from_checkpoint=resume)
+    save_model(trainer.model, tokenizer, out / MODEL_DIR)
+    write_json(out / "log_history.json", trainer.state.log_history)
+    return trainer.state.log_history, resume

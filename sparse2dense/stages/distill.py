@@ -17,23 +17,21 @@ from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 from .. import data
 from ..config import ForwardKLSpec, OPDSpec, Profile, SamplingSpec
 from ..data import Split
-from ..generation import TransformersGenerator, resolve_backend
+from ..generation import TransformersGenerator
 from ..models import check_same_vocabulary, load_model, load_tokenizer, save_model, set_threads
 from . import loop
 from .common import (
     MODEL_DIR,
     checkpoint_step,
-    last_checkpoint,
     log_summary,
     read_jsonl,
     result,
-    silence_printer,
+    run_trainer,
     stopwatch,
     trainer_args,
-    write_json,
+    vllm_args,
 )
 
-VERSION = 1
 FORWARD, REVERSE = 0.0, 1.0  # TRL's beta: 0 = KL(teacher || student), 1 = KL(student || teacher)
 PROBE_SIZE = 64  # sequences on which each stage measures its divergence before and after
 NO_TRUNCATION = 1 << 30  # sampled sequences are already bounded by max_new_tokens
@@ -140,13 +138,8 @@ def opd(profile: Profile, spec: OPDSpec, teacher_path: str, student_path: str, s
             train_dataset=Dataset.from_list([{"prompt": c} for c in convs]),
             processing_class=tokenizer, callbacks=list(callbacks),
         )
-        silence_printer(trainer)
-        resume = last_checkpoint(out)
-        trainer.train(resume_from_checkpoint=resume)
+        history, resume = run_trainer(trainer, tokenizer, out)
         after = _reverse_kl_on_samples(trainer.model, teacher, tokenizer, probe_prompts, spec, profile, seed)
-        save_model(trainer.model, tokenizer, out / MODEL_DIR)
-        history = trainer.state.log_history
-        write_json(out / "log_history.json", history)
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),
                   metrics={"steps": trainer.state.global_step, **log_summary(history, "loss"),
                            "reverse_kl_before": before, "reverse_kl_after": after})
@@ -163,14 +156,10 @@ def _reverse_kl_on_samples(student, teacher, tokenizer, convs, spec: OPDSpec, pr
 
 
 def opd_config(profile: Profile, spec: OPDSpec, out: Path, seed: int) -> DistillationConfig:
-    use_vllm = resolve_backend(profile.generation, profile.hardware) == "vllm"
     return DistillationConfig(
         **trainer_args(spec, profile.hardware, out, seed, spec.steps),
         per_device_train_batch_size=spec.micro_batch,
         gradient_accumulation_steps=spec.prompts_per_step // spec.micro_batch,
         beta=REVERSE, temperature=spec.temperature, max_completion_length=spec.max_completion_length,
-        chat_template_kwargs=profile.data.chat_template_kwargs or None,
-        use_vllm=use_vllm, vllm_mode="colocate",
-        vllm_gpu_memory_utilization=profile.generation.gpu_memory_utilization,
-        vllm_tensor_parallel_size=profile.generation.tensor_parallel_size,
+        chat_template_kwargs=profile.data.chat_template_kwargs or None, **vllm_args(profile),
     )

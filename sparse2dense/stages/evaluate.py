@@ -12,8 +12,6 @@ from ..models import set_threads
 from ..verify import is_correct
 from .common import result, stopwatch, write_jsonl
 
-VERSION = 1
-
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""

@@ -10,22 +10,9 @@ from trl import GRPOConfig, GRPOTrainer
 from .. import data
 from ..config import GRPOSpec, Profile
 from ..data import Split
-from ..generation import resolve_backend
-from ..models import load_model, load_tokenizer, save_model, set_threads
+from ..models import load_model, load_tokenizer, set_threads
 from ..verify import is_correct
-from .common import (
-    MODEL_DIR,
-    checkpoint_step,
-    last_checkpoint,
-    log_summary,
-    result,
-    silence_printer,
-    stopwatch,
-    trainer_args,
-    write_json,
-)
-
-VERSION = 1
+from .common import MODEL_DIR, checkpoint_step, log_summary, result, run_trainer, stopwatch, trainer_args, vllm_args
 
 
 def correctness_reward(completions, answer, **_) -> list[float]:
@@ -47,12 +34,7 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
             args=grpo_config(profile, spec, out, seed), train_dataset=dataset,
             processing_class=tokenizer, callbacks=list(callbacks),
         )
-        silence_printer(trainer)
-        resume = last_checkpoint(out)
-        trainer.train(resume_from_checkpoint=resume)
-        save_model(trainer.model, tokenizer, out / MODEL_DIR)
-        history = trainer.state.log_history
-        write_json(out / "log_history.json", history)
+        history, resume = run_trainer(trainer, tokenizer, out)
     # Distinct labeled problems the sampler drew: every prompt once per pass over the split.
     drawn = min(len(split.rows), spec.steps * spec.prompts_per_step)
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),
@@ -63,7 +45,6 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
 def grpo_config(profile: Profile, spec: GRPOSpec, out: Path, seed: int) -> GRPOConfig:
     completions = spec.prompts_per_step * spec.num_generations
     accumulation = completions // spec.micro_batch
-    use_vllm = resolve_backend(profile.generation, profile.hardware) == "vllm"
     return GRPOConfig(
         **trainer_args(spec, profile.hardware, out, seed, spec.steps),
         per_device_train_batch_size=spec.micro_batch, gradient_accumulation_steps=accumulation,
@@ -71,7 +52,5 @@ def grpo_config(profile: Profile, spec: GRPOSpec, out: Path, seed: int) -> GRPOC
         num_generations=spec.num_generations, temperature=spec.temperature,
         max_completion_length=spec.max_completion_length, epsilon=spec.epsilon, epsilon_high=spec.epsilon_high,
         loss_type=spec.loss_type, beta=spec.beta, chat_template_kwargs=profile.data.chat_template_kwargs or None,
-        use_vllm=use_vllm, vllm_mode="colocate",
-        vllm_gpu_memory_utilization=profile.generation.gpu_memory_utilization,
-        vllm_tensor_parallel_size=profile.generation.tensor_parallel_size,
+        **vllm_args(profile),
     )

@@ -11,8 +11,6 @@ from ..generation import make_generator
 from ..models import set_threads
 from .common import result, stopwatch, write_json, write_jsonl
 
-VERSION = 1
-
 
 def rollouts(profile: Profile, spec: RolloutsSpec, teacher_path: str, split: Split, out: Path, seed: int) -> dict:
     """`samples_per_prompt` teacher completions per prompt, as rows {id, prompt, completion, num_tokens}."""
