@@ -36,7 +36,7 @@ report: setup
 ui: setup
 	$(BIN)/s2d ui start
 
-ui-stop:
+ui-stop: setup
 	$(BIN)/s2d ui stop
 
 # Serves ablation-grid/local against the servers of `make ui`; runs from the UI execute here.
