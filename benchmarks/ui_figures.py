@@ -1,0 +1,78 @@
+"""UI figures: `make ui` until both servers are healthy, and a UI-triggered smoke grid until it finishes.
+
+    .venv/bin/python benchmarks/ui_figures.py [--out /tmp/ui-figures]
+
+Starts the servers on free loopback ports in a fresh run folder, serves ablation-grid/local,
+creates a flow run as the UI's Run button does, waits for it, stops everything. Prints JSON.
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from sparse2dense import servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(url: str, payload: dict | None = None) -> dict:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for(fn, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = fn()
+            if result:
+                return result
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="/tmp/ui-figures")
+    run_dir = Path(parser.parse_args().out)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    start = time.perf_counter()
+    prefect, mlflow = servers.start(run_dir, prefect_port=free_port(), mlflow_port=free_port())
+    healthy_s = time.perf_counter() - start
+    env = {**os.environ, "PREFECT_API_URL": f"{prefect.url}/api", "MLFLOW_TRACKING_URI": mlflow.url,
+           "S2D_ARTIFACTS": str(run_dir / "artifacts")}
+    repo = Path(__file__).resolve().parent.parent
+    serve = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=repo, env=env,
+                             stdout=open(run_dir / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        deployment = wait_for(lambda: call(f"{prefect.url}/api/deployments/name/ablation-grid/local"), 120)
+        start = time.perf_counter()
+        run = call(f"{prefect.url}/api/deployments/{deployment['id']}/create_flow_run",
+                   {"parameters": {"profile": "smoke"}})
+        final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        state = wait_for(lambda: (s := call(f"{prefect.url}/api/flow_runs/{run['id']}")["state"]["type"]) in final
+                         and s, 900)
+        print(json.dumps({"make_ui_to_healthy_s": round(healthy_s, 1), "ui_trigger_to_finished_smoke_grid_s":
+                          round(time.perf_counter() - start, 1), "final_state": state}, indent=2))
+    finally:
+        serve.terminate()
+        serve.wait(30)
+        servers.stop(run_dir)
+
+
+if __name__ == "__main__":
+    main()
