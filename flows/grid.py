@@ -77,7 +77,10 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
         shutil.rmtree(dag.node_dir(root, plan.nodes[key]), ignore_errors=True)
     tasks, futures = node_tasks(root), {}
     for key, node in plan.nodes.items():
-        submit = tasks[node.kind].with_options(refresh_cache=key in fresh).submit
+        # The node folders are the source of truth: a Prefect cache record whose folder is gone
+        # (deleted by hand, say) must not stand in for it.
+        recompute = key in fresh or dag.read_manifest(root, node) is None
+        submit = tasks[node.kind].with_options(refresh_cache=recompute).submit
         futures[key] = submit(node, {role: futures[parent.key] for role, parent in node.inputs}, shared)
 
     failed = {}

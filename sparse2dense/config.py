@@ -280,8 +280,8 @@ class Profile(Strict):
     seed: int = 0
     models: ModelsSpec
     data: DataSpec
-    grpo: GRPOSpec = Field(description="Stage 1 (teacher) and direct student GRPO")
-    stage3: GRPOSpec = Field(description="student GRPO after the bridge; replay uses the same settings")
+    grpo: GRPOSpec = Field(description="teacher-side GRPO (Stage 1)")
+    student_grpo: GRPOSpec = Field(description="student-side GRPO: direct GRPO, Stage 3 and its replay control")
     rollouts: RolloutsSpec
     forward_kl: ForwardKLSpec
     opd: OPDSpec
@@ -319,7 +319,7 @@ class GridNode(Strict):
     student: str | None = None
     rollouts: str | None = None
     split: Literal["labeled", "heldout"] | None = Field(None, description="grpo only: which labels it spends")
-    settings: Literal["grpo", "stage3"] | None = Field(None, description="grpo only: profile section to use")
+    settings: Literal["grpo", "student_grpo"] | None = Field(None, description="grpo only: profile section to use")
 
     def inputs(self) -> dict[str, str]:
         return {role: getattr(self, role) for role in NODE_INPUTS[self.kind]}

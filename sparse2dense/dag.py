@@ -78,7 +78,7 @@ def stage_params(profile: Profile, node: GridNode, seed: int) -> dict:
         return common | {"settings": section, "spec": getattr(profile, section).model_dump(),
                          "split": _split(profile, node.split)}
     if node.kind == "replay":  # Stage 3's settings on labels the teacher already spent
-        return common | {"settings": "stage3", "spec": profile.stage3.model_dump(),
+        return common | {"settings": "student_grpo", "spec": profile.student_grpo.model_dump(),
                          "split": _split(profile, "labeled")}
     if node.kind == "rollouts":
         return common | {"spec": profile.rollouts.model_dump(), "split": _split(profile, "distill")}

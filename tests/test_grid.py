@@ -112,6 +112,16 @@ def test_refresh_recomputes_the_named_nodes(env, first):
     assert dag.read_manifest(env, plan.rows[0].model)["status"] == "completed"
 
 
+def test_a_deleted_node_folder_is_recomputed_despite_prefects_cache(env, first):
+    import shutil
+
+    evaluation = smoke_plan(["student-base"]).rows[0].evaluation
+    old = dag.read_manifest(env, evaluation)["mlflow_run_id"]
+    shutil.rmtree(dag.node_dir(env, evaluation))
+    run_grid(arms=["student-base"])
+    assert dag.read_manifest(env, evaluation)["mlflow_run_id"] != old
+
+
 def test_a_node_that_fails_once_is_retried_and_resumes(env, first, monkeypatch):
     from sparse2dense.stages import loop
 

@@ -58,7 +58,7 @@ def test_grpo_changes_weights_and_logs_rewards(smoke, bases, splits, tmp_path):
 
 
 def test_replay_spends_no_new_labels(smoke, bases, splits, tmp_path):
-    out = grpo(smoke, smoke.stage3, bases["teacher"], splits["labeled"], tmp_path, seed=0, new_labels=False)
+    out = grpo(smoke, smoke.student_grpo, bases["teacher"], splits["labeled"], tmp_path, seed=0, new_labels=False)
     assert out["labels_used"] == 0
 
 
