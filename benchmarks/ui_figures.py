@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,11 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(url: str, payload: dict | None = None) -> dict:
+def call(url: str, payload: dict | None = None, tries: int = 10) -> dict:
+    """JSON over HTTP; retries 503, which a busy Prefect server answers (its client retries too)."""
     data = json.dumps(payload).encode() if payload is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(1)
 
 
 def wait_for(fn, timeout: float):
