@@ -9,35 +9,13 @@ creates a flow run as the UI's Run button does, waits for it, stops everything. 
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from sparse2dense import servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(url: str, payload: dict | None = None, tries: int = 10) -> dict:
-    """JSON over HTTP; retries 503, which a busy Prefect server answers (its client retries too)."""
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    for attempt in range(tries):
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            if err.code != 503 or attempt == tries - 1:
-                raise
-            time.sleep(1)
+from sparse2dense.servers import free_port, http_json
 
 
 def wait_for(fn, timeout: float):
@@ -67,12 +45,12 @@ def main() -> None:
     serve = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=repo, env=env,
                              stdout=open(run_dir / "serve.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        deployment = wait_for(lambda: call(f"{prefect.url}/api/deployments/name/ablation-grid/local"), 120)
+        deployment = wait_for(lambda: http_json(f"{prefect.url}/api/deployments/name/ablation-grid/local"), 120)
         start = time.perf_counter()
-        run = call(f"{prefect.url}/api/deployments/{deployment['id']}/create_flow_run",
+        run = http_json(f"{prefect.url}/api/deployments/{deployment['id']}/create_flow_run",
                    {"parameters": {"profile": "smoke"}})
         final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-        state = wait_for(lambda: (s := call(f"{prefect.url}/api/flow_runs/{run['id']}")["state"]["type"]) in final
+        state = wait_for(lambda: (s := http_json(f"{prefect.url}/api/flow_runs/{run['id']}")["state"]["type"]) in final
                          and s, 900)
         print(json.dumps({"make_ui_to_healthy_s": round(healthy_s, 1), "ui_trigger_to_finished_smoke_grid_s":
                           round(time.perf_counter() - start, 1), "final_state": state}, indent=2))

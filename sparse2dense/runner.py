@@ -7,6 +7,7 @@ everything else, so a folder without one is unfinished work that a rerun resumes
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 from functools import lru_cache
@@ -119,9 +120,7 @@ def run_node(profile: Profile, node: Node, inputs: dict[str, dict], root: Path,
 
 
 def _checksums(out: Path) -> dict[str, str]:
-    """sha256 of the node's small files (models included); checkpoints are transient and skipped."""
-    import hashlib
-
+    """sha256 of the node's files (models included); checkpoints are transient and skipped."""
     sums = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()

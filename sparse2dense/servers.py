@@ -6,11 +6,14 @@ Both bind to 127.0.0.1 only. Pid and log files live in the project's run folder 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +112,25 @@ def stop(run_dir: Path) -> list[str]:
         (run_dir / f"{server.name}.pid").unlink(missing_ok=True)
         stopped.append(server.name)
     return stopped
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for tests and benchmarks)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, payload: dict | None = None, tries: int = 10) -> dict:
+    """GET (or POST `payload`) JSON; retries 503, which a busy Prefect server answers (its client retries too)."""
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")

@@ -4,44 +4,22 @@ checked in a real browser (Debian's chromium driven by Playwright). Screenshots 
 `test-output/screenshots/`.
 """
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from sparse2dense import servers
+from sparse2dense.servers import free_port, http_json
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "test-output" / "screenshots"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str, payload: dict | None = None, tries: int = 10) -> dict:
-    """JSON over HTTP; retries 503, which a busy Prefect server answers (its client retries too)."""
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    for attempt in range(tries):
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            if err.code != 503 or attempt == tries - 1:
-                raise
-            time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +46,7 @@ def _wait_for_deployment(prefect: str, serve, log: Path) -> dict:
     while time.monotonic() < deadline:
         assert serve.poll() is None, log.read_text()[-3000:]
         try:
-            return get_json(f"{prefect}/api/deployments/name/ablation-grid/local")
+            return http_json(f"{prefect}/api/deployments/name/ablation-grid/local")
         except urllib.error.HTTPError:
             time.sleep(1)
     raise AssertionError("ablation-grid/local was not served:\n" + log.read_text()[-3000:])
@@ -78,11 +56,11 @@ def _wait_for_deployment(prefect: str, serve, log: Path) -> dict:
 def triggered(stack):
     """A smoke grid started as the UI's Run button does, awaited to completion."""
     prefect, deployment = stack["prefect"], stack["deployment"]
-    run = get_json(f"{prefect}/api/deployments/{deployment['id']}/create_flow_run",
+    run = http_json(f"{prefect}/api/deployments/{deployment['id']}/create_flow_run",
                    {"parameters": {"profile": "smoke", "seeds": [0]}})
     start, deadline = time.monotonic(), time.monotonic() + 600
     while time.monotonic() < deadline:
-        state = get_json(f"{prefect}/api/flow_runs/{run['id']}")["state"]
+        state = http_json(f"{prefect}/api/flow_runs/{run['id']}")["state"]
         if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             break
         time.sleep(2)
@@ -110,8 +88,8 @@ def test_deployment_form_is_typed(stack):
 
 def test_ui_run_logs_to_mlflow_and_links_both_ways(stack, triggered):
     mlflow = stack["mlflow"] + "/api/2.0/mlflow"
-    experiment = get_json(f"{mlflow}/experiments/get-by-name?experiment_name=s2d-smoke")["experiment"]
-    runs = get_json(f"{mlflow}/runs/search", {"experiment_ids": [experiment["experiment_id"]],
+    experiment = http_json(f"{mlflow}/experiments/get-by-name?experiment_name=s2d-smoke")["experiment"]
+    runs = http_json(f"{mlflow}/runs/search", {"experiment_ids": [experiment["experiment_id"]],
                                               "max_results": 500})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     grid = [(r, t) for r, t in zip(runs, tags) if t.get("s2d.kind") == "grid"]
@@ -119,9 +97,9 @@ def test_ui_run_logs_to_mlflow_and_links_both_ways(stack, triggered):
     nodes = [t for t in tags if t.get("s2d.kind") not in (None, "grid")]
     assert len(nodes) == 23 and all(t["prefect.flow_run_id"] == triggered["id"] for t in nodes)
     grid_run_id = grid[0][0]["info"]["run_id"]
-    files = get_json(f"{mlflow}/artifacts/list?run_id={grid_run_id}&path=comparison")["files"]
+    files = http_json(f"{mlflow}/artifacts/list?run_id={grid_run_id}&path=comparison")["files"]
     assert {"comparison/comparison.md", "comparison/comparison.png"} <= {f["path"] for f in files}
-    links = get_json(f"{stack['prefect']}/api/artifacts/filter",
+    links = http_json(f"{stack['prefect']}/api/artifacts/filter",
                      {"artifacts": {"flow_run_id": {"any_": [triggered["id"]]}}})
     link = next(a for a in links if a["key"] == "mlflow-grid-run")  # Prefect stores links as markdown
     assert f"({stack['mlflow']}/#/experiments/{experiment['experiment_id']}/runs/{grid_run_id})" in link["data"]
@@ -146,7 +124,7 @@ def test_both_uis_in_a_real_browser(stack, triggered):
         page.screenshot(path=SCREENSHOTS / "prefect-run-form.png", full_page=True)
 
         mlflow = stack["mlflow"]
-        experiment = get_json(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=s2d-smoke")
+        experiment = http_json(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=s2d-smoke")
         experiment_id = experiment["experiment"]["experiment_id"]
         page.goto(f"{mlflow}/#/experiments/{experiment_id}/runs")
         page.get_by_text("teacher-grpo [").first.wait_for(timeout=60_000)
@@ -163,4 +141,4 @@ def test_both_uis_in_a_real_browser(stack, triggered):
 
 def _grid_run_id(mlflow: str, experiment_id: str) -> str:
     query = {"experiment_ids": [experiment_id], "filter": "tags.`s2d.kind` = 'grid'"}
-    return get_json(f"{mlflow}/api/2.0/mlflow/runs/search", query)["runs"][0]["info"]["run_id"]
+    return http_json(f"{mlflow}/api/2.0/mlflow/runs/search", query)["runs"][0]["info"]["run_id"]

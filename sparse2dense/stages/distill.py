@@ -6,6 +6,7 @@ Both compare full next-token distributions through TRL's chunked divergence kern
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -113,8 +114,6 @@ def _encode(tokenizer, rows: list[dict], max_length: int, profile: Profile) -> d
 
 
 def _read_meta(rollouts_dir: Path) -> dict:
-    import json
-
     return json.loads((Path(rollouts_dir) / "meta.json").read_text())
 
 
