@@ -83,6 +83,7 @@ def _quiet_logs() -> None:
     """Progress lines from sparse2dense; warnings only from the libraries underneath."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("sparse2dense").setLevel(logging.INFO)
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # timeouts are off in worker threads by design
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
