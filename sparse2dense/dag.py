@@ -49,7 +49,8 @@ def make_node(kind: str, name: str, params: dict, inputs: dict[str, Node]) -> No
 # --- params: what each kind's result depends on ---------------------------------------
 
 
-def _prompting(profile: Profile) -> dict:
+def _context(profile: Profile) -> dict:
+    """What every node's result depends on besides its own settings: prompt format and precision."""
     d = profile.data
     return {"suffix": d.prompt_suffix, "system": d.system_prompt, "template": d.chat_template_kwargs,
             "precision": profile.hardware.precision}
@@ -68,11 +69,11 @@ def base_params(profile: Profile, role: str) -> dict:
     if spec.source == "hub":
         return {"role": role, "model": spec.name}
     data = profile.data.model_dump(include={"toy", "split_seed", "heldout_fraction", "pool_size", "benchmarks"})
-    return {"role": role, "model": spec.model_dump(), "seed": profile.seed, "data": data} | _prompting(profile)
+    return {"role": role, "model": spec.model_dump(), "seed": profile.seed, "data": data} | _context(profile)
 
 
 def stage_params(profile: Profile, node: GridNode, seed: int) -> dict:
-    common = {"seed": seed} | _prompting(profile)
+    common = {"seed": seed} | _context(profile)
     if node.kind == "grpo":
         section = node.settings or "grpo"
         return common | {"settings": section, "spec": getattr(profile, section).model_dump(),
@@ -89,7 +90,7 @@ def stage_params(profile: Profile, node: GridNode, seed: int) -> dict:
 
 def evaluate_params(profile: Profile, seed: int) -> dict:
     return {"seed": seed, "spec": profile.evaluate.model_dump(),
-            "benchmarks": [b.model_dump() for b in profile.data.benchmarks]} | _prompting(profile)
+            "benchmarks": [b.model_dump() for b in profile.data.benchmarks]} | _context(profile)
 
 
 # --- the plan -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from . import data
-from .config import Profile
+from .config import DataSpec, Profile
 from .dag import MANIFEST, Node, code_fingerprint, node_dir
 from .stages.common import write_json
 from .tracking import Tracker
@@ -26,8 +26,6 @@ PACKAGES = ("torch", "transformers", "trl", "datasets", "math-verify", "mlflow",
 
 @lru_cache(maxsize=4)
 def _splits(data_json: str) -> dict[str, data.Split]:
-    from .config import DataSpec
-
     return data.splits(DataSpec.model_validate_json(data_json))
 
 
@@ -64,8 +62,9 @@ def run_stage(profile: Profile, node: Node, inputs: dict[str, dict], out: Path, 
     seed = node.params.get("seed", profile.seed)
     steps = _total_steps(profile, node)
     label = f"{node.kind} {node.name} [{node.key[:8]}]"
-    callbacks = [tracker.trainer_callback(run_id, label, steps)] if tracker else []
-    on_log = tracker.step_logger(run_id, label, steps) if tracker else None
+    progress = tracker.progress(run_id, label, steps) if tracker else None
+    callbacks = [progress] if progress else []
+    on_log = progress.record if progress else None
     model_of = {role: manifest["outputs"].get("model") for role, manifest in inputs.items()}
     kind = node.kind
     if kind == "base":

@@ -121,12 +121,9 @@ class Tracker:
             self.client.log_model_artifacts(model.model_id, str(local))
         self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
-    def trainer_callback(self, run_id: str, label: str, total_steps: int) -> TrainerCallback:
+    def progress(self, run_id: str, label: str, total_steps: int) -> _MlflowProgress:
+        """One recorder per node: a TrainerCallback for TRL, and `.record` for our own loop."""
         return _MlflowProgress(self, run_id, label, total_steps)
-
-    def step_logger(self, run_id: str, label: str, total_steps: int):
-        progress = _MlflowProgress(self, run_id, label, total_steps)
-        return progress.record
 
     # --- grid runs ------------------------------------------------------------------
 
