@@ -1,11 +1,15 @@
 """The `ablation-grid` flow: validate, plan, submit every node as its inputs complete, report.
 
-A failing node stops only the arms that need it: the rest finish, the report shows what
+The profile is read once, here; every node gets it with its params, so editing the YAML while a
+grid runs changes nothing under way. Nodes whose folders hold a complete, intact manifest are not
+submitted at all; a node with a changed or missing file is recomputed with everything downstream
+of it. A failing node stops only the arms that need it: the rest finish, the report shows what
 completed, and the flow ends Failed naming the nodes that failed.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -13,13 +17,16 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from sparse2dense import dag
 from sparse2dense.config import config_names, load_grid, load_profile
 from sparse2dense.dag import artifacts_root
 from sparse2dense.tracking import Tracker, tracking_uri
 from tasks import node_tasks, report_task
+
+from .runners import local_runner, node_resources
+
+log = logging.getLogger("sparse2dense")
 
 
 class GridFailed(RuntimeError):
@@ -30,10 +37,17 @@ def _overrides(labeled_budget: int | None) -> dict:
     return {"data.labeled_budget": labeled_budget} if labeled_budget else {}
 
 
-def _refreshing(plan: dag.Plan, refresh: list[str]) -> set[str]:
-    """Node keys to recompute: `refresh` names kinds, keys (or key prefixes) or grid node names."""
-    return {k for k, n in plan.nodes.items()
-            if any(r in (n.kind, n.name) or (len(r) >= 6 and k.startswith(r)) for r in refresh)}
+def to_recompute(plan: dag.Plan, root: Path, refresh: list[str]) -> set[str]:
+    """Keys to compute: missing or damaged nodes, those `refresh` names (a kind, a key prefix or a grid node
+    name), and everything downstream of any of them, since its inputs are about to change."""
+    named = {k for k, n in plan.nodes.items()
+             if any(r in (n.kind, n.name) or (len(r) >= 6 and k.startswith(r)) for r in refresh)}
+    todo: set[str] = set()
+    for key, node in plan.nodes.items():  # inputs come before the nodes that use them
+        upstream_changes = any(parent.key in todo for _, parent in node.inputs)
+        if key in named or upstream_changes or dag.verified_manifest(root, node) is None:
+            todo.add(key)
+    return todo
 
 
 # Choices the Prefect UI renders as selects; the CLI may also pass YAML paths (validated by
@@ -43,8 +57,7 @@ GridName = Literal[tuple(config_names("grids"))]
 ArmName = Literal[tuple(load_grid("allocation").arms)]
 
 
-@flow(name="ablation-grid", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True,
-      validate_parameters=False)
+@flow(name="ablation-grid", task_runner=local_runner(), log_prints=False, validate_parameters=False)
 def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", arms: list[ArmName] = [],
                   seeds: list[int] = [0], labeled_budget: int | None = None, refresh: list[str] = [],
                   artifacts: str | None = None) -> dict:
@@ -61,7 +74,7 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
     """
     logger = get_run_logger()
     overrides = _overrides(labeled_budget)
-    prof, spec = load_profile(profile, overrides), load_grid(grid)  # fail before any compute
+    prof, spec = load_profile(profile, overrides), load_grid(grid)  # the one read of the profile
     plan = dag.plan(prof, spec, arms or None, seeds)
     root = artifacts_root(artifacts)
     tracker = Tracker(f"s2d-{prof.name}")
@@ -69,35 +82,38 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
     grid_run = tracker.start_grid_run(f"grid {spec.name} {flow_run.name or ''}".strip(),
                                       {"profile": profile, "grid": grid, "arms": arms or "all", "seeds": seeds,
                                        "overrides": overrides, "artifacts": str(root)}, tags)
-    shared = {"profile": profile, "overrides": overrides, "artifacts": str(root),
-              "experiment": f"s2d-{prof.name}", "tags": {**tags, "s2d.grid_run_id": grid_run}}
+    shared = {"profile": prof, "artifacts": str(root),
+              "tracking": {"experiment": f"s2d-{prof.name}", "tags": {**tags, "s2d.grid_run_id": grid_run}}}
 
-    fresh = _refreshing(plan, refresh)
-    for key in fresh:
+    todo = to_recompute(plan, root, refresh)
+    for key in todo:
         shutil.rmtree(dag.node_dir(root, plan.nodes[key]), ignore_errors=True)
-    tasks, futures = node_tasks(root), {}
+    logger.info("%d nodes: %d to compute, %d done", len(plan.nodes), len(todo), len(plan.nodes) - len(todo))
+    tasks, results = node_tasks(root), {}
     for key, node in plan.nodes.items():
-        # The node folders are the source of truth: a Prefect cache record whose folder is gone
-        # (deleted by hand, say) must not stand in for it.
-        recompute = key in fresh or dag.read_manifest(root, node) is None
-        submit = tasks[node.kind].with_options(refresh_cache=recompute).submit
-        futures[key] = submit(node, {role: futures[parent.key] for role, parent in node.inputs}, shared)
+        if key not in todo:
+            results[key] = dag.read_manifest(root, node)
+            continue
+        # refresh_cache: the node folders are the source of truth, not a Prefect record of a deleted folder.
+        submit = tasks[node.kind].with_options(refresh_cache=True).submit
+        with node_resources(prof.resources.of(node.kind)):
+            results[key] = submit(node, {role: results[parent.key] for role, parent in node.inputs}, shared)
 
     failed = {}
-    for key, future in futures.items():
-        future.wait()
-        if not future.state.is_completed():
-            failed[key] = f"{plan.nodes[key].kind} {plan.nodes[key].name}: {future.state.message}"
-    logger.info("%d nodes, %d failed", len(futures), len(failed))
+    for key in todo:
+        results[key].wait()
+        if not results[key].state.is_completed():
+            failed[key] = f"{plan.nodes[key].kind} {plan.nodes[key].name}: {results[key].state.message}"
+    logger.info("%d nodes computed, %d failed", len(todo) - len(failed), len(failed))
 
     summary = report_task(plan, root)
     _publish(tracker, grid_run, plan, root, summary, failed)
-    print("\n" + summary["markdown"])
     if failed:
         tracker.client.set_terminated(grid_run, status="FAILED")
         raise GridFailed("failed nodes:\n  " + "\n  ".join(failed.values()))
     tracker.client.set_terminated(grid_run, status="FINISHED")
-    return {"grid_run_id": grid_run, "report": summary["files"], "nodes": len(futures)}
+    return {"grid_run_id": grid_run, "report": summary["files"], "markdown": summary["markdown"],
+            "nodes": len(plan.nodes), "computed": len(todo)}
 
 
 def _publish(tracker: Tracker, grid_run: str, plan: dag.Plan, root: Path, summary: dict, failed: dict) -> None:

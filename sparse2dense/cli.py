@@ -65,17 +65,20 @@ def cmd_report(args) -> int:
 
 def cmd_grid(args) -> int:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sparse2dense")
-    from flows import GridFailed, ablation_grid
+    from flows import GridFailed, ablation_grid, with_runner
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    _plan(args)  # validate the whole configuration before Prefect starts anything
+    plan = _plan(args)  # validate the whole configuration before Prefect starts anything
+    grid = with_runner(ablation_grid, args.runner, args.address)
     try:
-        ablation_grid(profile=args.profile, grid=args.grid, arms=args.arms, seeds=args.seeds,
-                      labeled_budget=args.labeled_budget, refresh=args.refresh or [], artifacts=args.artifacts)
+        grid(profile=args.profile, grid=args.grid, arms=args.arms, seeds=args.seeds,
+             labeled_budget=args.labeled_budget, refresh=args.refresh or [], artifacts=args.artifacts)
     except GridFailed as err:
+        print(comparison.markdown(comparison.rows(plan, dag.artifacts_root(args.artifacts))))
         print(f"s2d grid: {err}", file=sys.stderr)
         return 1
+    print(comparison.markdown(comparison.rows(plan, dag.artifacts_root(args.artifacts))))
     return 0
 
 
@@ -124,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("grid", help="run the grid (only nodes not yet computed)")
     _common(p)
     p.add_argument("--refresh", action="append", metavar="KIND|KEY|NAME",
-                   help="recompute these nodes (a kind, a key or key prefix, or a grid node name); repeatable")
+                   help="recompute these nodes (a kind, a key or key prefix, or a grid node name) and what "
+                        "depends on them; repeatable")
+    p.add_argument("--runner", choices=["local", "ray"], default="local",
+                   help="local: nodes in this process or launched from it; ray: nodes side by side on Ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (ray runner; default: start a local Ray)")
     p.set_defaults(run=cmd_grid)
     p = sub.add_parser("report", help="print the comparison of what is computed")
     _common(p)

@@ -27,6 +27,11 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the file and the field."""
 
 
+def is_local(name: str) -> bool:
+    """A model `name` that is a folder on disk (written as a path, or existing) rather than a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+
+
 # --- training ---
 
 
@@ -73,6 +78,8 @@ class ToyArch(Strict):
 class ModelSpec(Strict):
     source: Literal["toy", "hub"]
     name: str | None = Field(None, description="hub id or local folder (hub source)")
+    revision: str | None = Field(None, description="hub branch, tag or commit; the resolved commit enters the key")
+    trust_remote_code: bool = Field(False, description="run code shipped with the checkpoint (off unless you trust it)")
     vocab_size: PositiveInt | None = Field(None, description="declared so mismatched pairs fail before loading")
     arch: ToyArch | None = None
     pretrain: PretrainSpec | None = None
@@ -89,6 +96,11 @@ class ModelSpec(Strict):
 class ModelsSpec(Strict):
     teacher: ModelSpec
     student: ModelSpec
+
+    @property
+    def trust_remote_code(self) -> bool:
+        """Derived checkpoints keep their base's code, so one model that needs it makes every load need it."""
+        return self.teacher.trust_remote_code or self.student.trust_remote_code
 
     @model_validator(mode="after")
     def _same_vocabulary(self):
@@ -139,13 +151,18 @@ class DataSpec(Strict):
     source: Literal["toy", "hub"]
     toy: ToyTaskSpec | None = None
     pool_size: PositiveInt | None = Field(None, description="toy problems generated for training splits")
-    train_path: str | None = Field(None, description="local copy of DAPO-Math-17k (hub source)")
+    train_dataset: Literal["dapo-math-17k", "dapo-math-17k-dedup"] = Field(
+        "dapo-math-17k", description="the raw set (deduplicated here) or the authors' deduplicated copy")
+    train_path: str | None = Field(None, description="local copy of train_dataset in its hub layout")
     split_seed: int = 42
     heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     labeled_budget: PositiveInt = Field(description="L: labeled problems spent on the first RL stage")
     heldout_budget: PositiveInt = Field(description="H: held-out labeled problems for Stage 3")
     distill_prompts: PositiveInt = Field(description="unlabeled prompts for rollouts and OPD")
-    prompt_suffix: str = ""
+    prompt_suffix: str = Field("", description="appended to the problem after a blank line, as the authors do")
+    checker: Literal["math-verify", "strict"] = Field(
+        "math-verify", description="how a boxed answer is compared: math-verify (symbolic, lenient) or strict "
+                                   "(the authors' MATH-style string normalisation)")
     system_prompt: str | None = None
     chat_template_kwargs: dict[str, bool | str | int] = Field(
         default_factory=dict, description="e.g. {enable_thinking: false} for Qwen3")
@@ -180,17 +197,21 @@ def _fits(field: str, value: int, pool: str, size: int) -> None:
 
 
 class GRPOSpec(TrainSpec):
-    """Defaults are the authors' (DAPO-style clipping, token-mean loss, no KL term)."""
+    """Defaults are the authors' (DAPO-style clipping, dual clip, token-mean loss, no KL term)."""
 
     steps: PositiveInt
     prompts_per_step: PositiveInt = Field(description="prompts per optimizer step (the authors' mini-batch)")
     steps_per_generation: PositiveInt = Field(1, description="optimizer steps per sampled batch")
     num_generations: Annotated[int, Field(ge=2)] = 8
-    micro_batch: PositiveInt = Field(description="completions per forward/backward pass")
+    micro_batch: PositiveInt = Field(description="completions per forward/backward pass, per process")
     temperature: float = Field(1.0, gt=0)
     max_completion_length: PositiveInt
     epsilon: float = Field(0.2, gt=0)
     epsilon_high: float = Field(0.28, gt=0)
+    dual_clip: float | None = Field(None, gt=1, description="verl's clip_ratio_c: caps the ratio where A < 0 "
+                                                            "(TRL's delta)")
+    importance_sampling_correction: bool = Field(
+        False, description="TRL's correction for vLLM's sampling mismatch (TRL turns it on by default)")
     loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
     beta: float = Field(0.0, ge=0)
 
@@ -201,7 +222,14 @@ class GRPOSpec(TrainSpec):
             raise ValueError(
                 f"micro_batch ({self.micro_batch}) must divide prompts_per_step x num_generations ({completions})"
             )
+        if self.dual_clip is not None and self.dual_clip <= 1 + self.epsilon_high:
+            raise ValueError(f"dual_clip ({self.dual_clip}) must exceed 1 + epsilon_high ({1 + self.epsilon_high})")
         return self
+
+    def batch_units(self) -> tuple[str, int]:
+        """The per-step count a launch's world size must divide, for the batching check."""
+        micro_batches = self.prompts_per_step * self.num_generations // self.micro_batch
+        return "prompts_per_step x num_generations / micro_batch", micro_batches
 
 
 class SamplingSpec(Strict):
@@ -218,9 +246,10 @@ class RolloutsSpec(SamplingSpec):
 class ForwardKLSpec(TrainSpec):
     target: Literal["soft", "hard"] = "soft"
     epochs: PositiveInt = 1
-    batch_size: PositiveInt
-    micro_batch: PositiveInt
+    batch_size: PositiveInt = Field(description="sequences per optimizer step, all processes together")
+    micro_batch: PositiveInt = Field(description="sequences per forward/backward pass, per process")
     max_length: PositiveInt
+    probe_size: int = Field(64, ge=0, description="rollouts on which the KL is measured before and after (0 = off)")
 
     @model_validator(mode="after")
     def _batching(self):
@@ -228,21 +257,29 @@ class ForwardKLSpec(TrainSpec):
             raise ValueError(f"micro_batch ({self.micro_batch}) must divide batch_size ({self.batch_size})")
         return self
 
+    def batch_units(self) -> tuple[str, int]:
+        return "batch_size / micro_batch", self.batch_size // self.micro_batch
+
 
 class OPDSpec(TrainSpec):
     """On-policy distillation: student samples, per-token reverse KL to the teacher."""
 
     steps: PositiveInt
-    prompts_per_step: PositiveInt
-    micro_batch: PositiveInt
+    prompts_per_step: PositiveInt = Field(description="prompts per optimizer step, all processes together")
+    micro_batch: PositiveInt = Field(description="prompts per forward/backward pass, per process")
     temperature: float = Field(1.0, gt=0)
     max_completion_length: PositiveInt
+    probe_size: int = Field(64, ge=0, description="prompts whose student samples measure the reverse KL before "
+                                                  "and after (0 = off: the first and last logged loss stand in)")
 
     @model_validator(mode="after")
     def _batching(self):
         if self.prompts_per_step % self.micro_batch:
             raise ValueError(f"micro_batch ({self.micro_batch}) must divide prompts_per_step ({self.prompts_per_step})")
         return self
+
+    def batch_units(self) -> tuple[str, int]:
+        return "prompts_per_step / micro_batch", self.prompts_per_step // self.micro_batch
 
 
 class EvaluateSpec(SamplingSpec):
@@ -262,15 +299,71 @@ class EvaluateSpec(SamplingSpec):
 class GenerationSpec(Strict):
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     batch_size: PositiveInt = 64
-    gpu_memory_utilization: Probability = 0.85
-    tensor_parallel_size: PositiveInt = 1
+    gpu_memory_utilization: Probability = Field(0.85, description="standalone engines (rollouts, evaluate)")
+    tensor_parallel_size: PositiveInt = Field(1, description="standalone engines (rollouts, evaluate)")
+    colocate_gpu_memory_utilization: Probability = Field(
+        0.3, description="vLLM inside GRPO and OPD, beside the policy, its optimizer and the teacher")
+    colocate_tensor_parallel_size: PositiveInt = Field(1, description="must divide the training node's processes")
+    sleep_mode: bool = Field(False, description="colocated vLLM releases its memory while the trainer steps")
 
 
 class HardwareSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: bf16 compute over fp32 master weights (trained models), bf16 weights (frozen)")
     num_threads: PositiveInt | None = Field(None, description="torch CPU threads; all cores when omitted")
     gradient_checkpointing: bool = False
+
+
+# --- how nodes run ----------------------------------------------------------------------
+
+TRAINING_KINDS = ("base", "grpo", "replay", "forward_kl", "opd")
+NODE_KINDS = (*TRAINING_KINDS, "rollouts", "evaluate")
+
+
+class ResourceSpec(Strict):
+    """How one node kind runs: inline in the grid's process, or launched as its own process group."""
+
+    launch: Literal["inline", "process", "accelerate"] = Field(
+        "inline", description="inline: in the grid's process; process: one child process; accelerate: "
+                              "`accelerate launch` with `processes` per machine")
+    processes: PositiveInt = Field(1, description="training processes per machine (accelerate)")
+    machines: PositiveInt = Field(1, description="machines for one node, launched together as a gang")
+    gpus: int = Field(0, ge=0, description="GPUs per machine (Ray's num_gpus; the devices the node sees)")
+    strategy: Literal["ddp", "zero3", "fsdp2"] = Field("ddp", description="how accelerate shards the models")
+    offload: bool = Field(False, description="parameters and optimizer state on CPU (zero3 and fsdp2)")
+    timeout_s: PositiveInt | None = Field(None, description="wall-clock limit of one attempt")
+
+    @model_validator(mode="after")
+    def _launchable(self):
+        if (self.processes > 1 or self.machines > 1) and self.launch != "accelerate":
+            raise ValueError("several processes or machines need launch: accelerate")
+        if self.offload and self.strategy == "ddp":
+            raise ValueError("offload needs strategy zero3 or fsdp2")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * self.machines
+
+
+class ResourcesSpec(Strict):
+    """Per node kind; a kind not listed takes `default`, field by field."""
+
+    default: ResourceSpec = ResourceSpec()
+    base: ResourceSpec | None = None
+    grpo: ResourceSpec | None = None
+    replay: ResourceSpec | None = None
+    rollouts: ResourceSpec | None = None
+    forward_kl: ResourceSpec | None = None
+    opd: ResourceSpec | None = None
+    evaluate: ResourceSpec | None = None
+
+    def of(self, kind: str) -> ResourceSpec:
+        own = getattr(self, kind)
+        if own is None:
+            return self.default
+        return ResourceSpec(**{**self.default.model_dump(exclude_unset=True), **own.model_dump(exclude_unset=True)})
 
 
 class Profile(Strict):
@@ -281,13 +374,25 @@ class Profile(Strict):
     models: ModelsSpec
     data: DataSpec
     grpo: GRPOSpec = Field(description="teacher-side GRPO (Stage 1)")
-    student_grpo: GRPOSpec = Field(description="student-side GRPO: direct GRPO, Stage 3 and its replay control")
+    student_grpo: GRPOSpec = Field(description="student-side GRPO (direct GRPO, Stage 3, replay): the fields it "
+                                               "lists override grpo's; omitted, it equals grpo")
     rollouts: RolloutsSpec
     forward_kl: ForwardKLSpec
     opd: OPDSpec
     evaluate: EvaluateSpec
     generation: GenerationSpec = GenerationSpec()
     hardware: HardwareSpec = HardwareSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _student_grpo_over_grpo(cls, data):
+        # Resolved after `extends`, so a child that changes grpo changes what student_grpo inherits from it.
+        if isinstance(data, dict) and isinstance(data.get("grpo"), dict):
+            own = data.get("student_grpo") or {}
+            if isinstance(own, dict):
+                data = {**data, "student_grpo": {**data["grpo"], **own}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -295,7 +400,34 @@ class Profile(Strict):
             raise ValueError("toy models go with toy data, hub models with hub data")
         if self.generation.backend == "vllm" and self.hardware.device == "cpu":
             raise ValueError("generation.backend 'vllm' needs hardware.device 'cuda' or 'auto'")
+        for kind in ("rollouts", "evaluate"):
+            if self.resources.of(kind).world_size > 1:
+                raise ValueError(f"resources.{kind}: generation runs in one process (use gpus and "
+                                 "generation.tensor_parallel_size to spread it)")
+        self._check_world_sizes()
         return self
+
+    def _check_world_sizes(self) -> None:
+        """Each training kind's batch must split evenly over its processes."""
+        sections = {"grpo": [self.grpo, self.student_grpo], "replay": [self.student_grpo],
+                    "forward_kl": [self.forward_kl], "opd": [self.opd]}
+        for kind, specs in sections.items():
+            resources = self.resources.of(kind)
+            world = resources.world_size
+            for spec in specs:
+                what, units = spec.batch_units()
+                if units % world:
+                    raise ValueError(f"resources.{kind}: {world} processes must divide {what} ({units})")
+            colocated = self.generation.colocate_tensor_parallel_size
+            if kind in ("grpo", "replay", "opd") and world % colocated:
+                raise ValueError(f"generation.colocate_tensor_parallel_size ({colocated}) must divide "
+                                 f"resources.{kind} processes ({world}): TRL runs colocated vLLM in each rank")
+        for role in ("teacher", "student"):
+            pretrain = getattr(self.models, role).pretrain
+            world = self.resources.of("base").world_size
+            if pretrain and pretrain.batch_size % world:
+                raise ValueError(f"resources.base: {world} processes must divide "
+                                 f"models.{role}.pretrain.batch_size ({pretrain.batch_size})")
 
 
 # --- grids ----------------------------------------------------------------------------
@@ -342,6 +474,8 @@ class Grid(Strict):
     name: str
     nodes: dict[str, GridNode] = Field(default_factory=dict)
     arms: dict[str, str] = Field(min_length=1)
+    budgets: list[PositiveInt] = Field(default_factory=list, description="labeled budgets L to sweep "
+                                                                         "(default: the profile's)")
 
     @model_validator(mode="after")
     def _references(self):
@@ -437,7 +571,22 @@ def load_profile(name_or_path: str | Path, overrides: dict | None = None) -> Pro
     data = _with_parents(path, seen=())
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return _validate(Profile, data, path)
+    return _absolute_paths(_validate(Profile, data, path))
+
+
+def _absolute_paths(profile: Profile) -> Profile:
+    """Relative local paths are relative to the working directory: fixed now, for nodes that run elsewhere."""
+    def absolute(value: str | None) -> str | None:
+        return str(Path(value).expanduser().resolve()) if value else value
+
+    models = {}
+    for role in BASE_MODELS:
+        spec = getattr(profile.models, role)
+        models[role] = spec.model_copy(update={"name": absolute(spec.name) if spec.name and is_local(spec.name)
+                                               else spec.name})
+    benchmarks = [b.model_copy(update={"path": absolute(b.path)}) for b in profile.data.benchmarks]
+    data = profile.data.model_copy(update={"train_path": absolute(profile.data.train_path), "benchmarks": benchmarks})
+    return profile.model_copy(update={"models": profile.models.model_copy(update=models), "data": data})
 
 
 def _with_parents(path: Path, seen: tuple) -> dict:

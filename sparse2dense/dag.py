@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -17,8 +18,10 @@ from pathlib import Path
 
 from .config import BASE_MODELS, Grid, GridNode, Profile
 
+log = logging.getLogger("sparse2dense")
+
 # Bump a kind's version when its behaviour changes: its nodes (and all downstream) get new keys.
-VERSIONS = {"base": 1, "grpo": 1, "replay": 1, "rollouts": 1, "forward_kl": 1, "opd": 1, "evaluate": 1}
+VERSIONS = {"base": 2, "grpo": 2, "replay": 2, "rollouts": 2, "forward_kl": 2, "opd": 2, "evaluate": 2}
 MANIFEST = "manifest.json"
 
 
@@ -38,6 +41,23 @@ class Node:
     def input_map(self) -> dict[str, Node]:
         return dict(self.inputs)
 
+    def spec(self) -> NodeSpec:
+        return NodeSpec(self.kind, self.name, self.key, self.params, {role: n.key for role, n in self.inputs})
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node as one run of it needs it: what to compute and its inputs' keys (not their whole lineage)."""
+
+    kind: str
+    name: str
+    key: str
+    params: dict
+    inputs: dict[str, str]
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "key": self.key, "params": self.params, "inputs": self.inputs}
+
 
 def make_node(kind: str, name: str, params: dict, inputs: dict[str, Node]) -> Node:
     payload = {"kind": kind, "version": VERSIONS[kind], "params": params,
@@ -53,21 +73,35 @@ def _context(profile: Profile) -> dict:
     """What every node's result depends on besides its own settings: prompt format and precision."""
     d = profile.data
     return {"suffix": d.prompt_suffix, "system": d.system_prompt, "template": d.chat_template_kwargs,
-            "precision": profile.hardware.precision}
+            "checker": d.checker, "precision": profile.hardware.precision}
 
 
 def _split(profile: Profile, name: str) -> dict:
     """A split by its definition, so planning never loads the data (the run records its fingerprint)."""
     d = profile.data
     budget = {"labeled": d.labeled_budget, "heldout": d.heldout_budget, "distill": d.distill_prompts}[name]
-    source = d.toy.model_dump() | {"pool_size": d.pool_size} if d.source == "toy" else {"path": d.train_path}
+    if d.source == "toy":
+        source = d.toy.model_dump() | {"pool_size": d.pool_size}
+    else:  # the data file's content, not its path, decides the rows
+        source = {"dataset": d.train_dataset, "file": _file_identity(d.train_path)}
     return {"name": name, "size": budget, "source": source, "seed": d.split_seed, "heldout": d.heldout_fraction}
+
+
+def _file_identity(path: str | None) -> str | None:
+    """A local data file or folder by content (memoised), the hub copy by name (None)."""
+    if path is None:
+        return None
+    from .identity import fingerprint
+
+    return fingerprint(Path(path)) if Path(path).exists() else f"missing:{path}"
 
 
 def base_params(profile: Profile, role: str) -> dict:
     spec = getattr(profile.models, role)
     if spec.source == "hub":
-        return {"role": role, "model": spec.name}
+        from .identity import identity
+
+        return {"role": role, "model": identity(spec)}
     data = profile.data.model_dump(include={"toy", "split_seed", "heldout_fraction", "pool_size", "benchmarks"})
     return {"role": role, "model": spec.model_dump(), "seed": profile.seed, "data": data} | _context(profile)
 
@@ -89,8 +123,8 @@ def stage_params(profile: Profile, node: GridNode, seed: int) -> dict:
 
 
 def evaluate_params(profile: Profile, seed: int) -> dict:
-    return {"seed": seed, "spec": profile.evaluate.model_dump(),
-            "benchmarks": [b.model_dump() for b in profile.data.benchmarks]} | _context(profile)
+    benchmarks = [b.model_dump(exclude={"path"}) | {"file": _file_identity(b.path)} for b in profile.data.benchmarks]
+    return {"seed": seed, "spec": profile.evaluate.model_dump(), "benchmarks": benchmarks} | _context(profile)
 
 
 # --- the plan -------------------------------------------------------------------------
@@ -98,12 +132,13 @@ def evaluate_params(profile: Profile, seed: int) -> dict:
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the comparison: an arm at a seed, the model it evaluates and that evaluation."""
+    """One line of the comparison: an arm at a seed (and labeled budget), the model it evaluates, its evaluation."""
 
     arm: str
     seed: int
     model: Node
     evaluation: Node
+    budget: int
 
 
 @dataclass
@@ -117,6 +152,7 @@ class Plan:
 
 
 def plan(profile: Profile, grid: Grid, arms: list[str] | None = None, seeds: list[int] = (0,)) -> Plan:
+    """Every node of the chosen arms, for every seed and every labeled budget the grid sweeps."""
     chosen = arms or list(grid.arms)
     unknown = [a for a in chosen if a not in grid.arms]
     if unknown:
@@ -124,19 +160,30 @@ def plan(profile: Profile, grid: Grid, arms: list[str] | None = None, seeds: lis
     nodes: dict[str, Node] = {}
     arms_of: dict[str, list[str]] = {}
     rows: list[Row] = []
-    bases = {role: make_node("base", role, base_params(profile, role), {}) for role in BASE_MODELS}
-
-    for seed in seeds:
-        built: dict[str, Node] = dict(bases)
-        for arm in chosen:
-            model = _build(grid.arms[arm], grid, profile, seed, built)
-            evaluation = make_node("evaluate", f"evaluate:{arm}", evaluate_params(profile, seed), {"model": model})
-            rows.append(Row(arm, seed, model, evaluation))
-            for node in lineage(evaluation):
-                nodes.setdefault(node.key, node)
-                if arm not in arms_of.setdefault(node.key, []):
-                    arms_of[node.key].append(arm)
+    for budget in grid.budgets or [profile.data.labeled_budget]:
+        variant = with_budget(profile, budget)
+        bases = {role: make_node("base", role, base_params(variant, role), {}) for role in BASE_MODELS}
+        for seed in seeds:
+            built: dict[str, Node] = dict(bases)
+            for arm in chosen:
+                model = _build(grid.arms[arm], grid, variant, seed, built)
+                evaluation = make_node("evaluate", f"evaluate:{arm}", evaluate_params(variant, seed),
+                                       {"model": model})
+                rows.append(Row(arm, seed, model, evaluation, budget))
+                for node in lineage(evaluation):
+                    nodes.setdefault(node.key, node)
+                    if arm not in arms_of.setdefault(node.key, []):
+                        arms_of[node.key].append(arm)
     return Plan(profile, grid, list(seeds), nodes, rows, arms_of)
+
+
+def with_budget(profile: Profile, budget: int) -> Profile:
+    """The profile with labeled budget L = `budget`, checked like any profile."""
+    if budget == profile.data.labeled_budget:
+        return profile
+    dumped = profile.model_dump()
+    dumped["data"]["labeled_budget"] = budget
+    return Profile.model_validate(dumped)
 
 
 def _build(name: str, grid: Grid, profile: Profile, seed: int, built: dict[str, Node]) -> Node:
@@ -178,11 +225,47 @@ def node_dir(root: Path, node: Node) -> Path:
 
 
 def read_manifest(root: Path, node: Node) -> dict | None:
+    """The node's manifest when it completed (files not checked: see `verified_manifest`)."""
     path = node_dir(root, node) / MANIFEST
-    if not path.exists():
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    manifest = json.loads(path.read_text())
     return manifest if manifest.get("status") == "completed" else None
+
+
+def verified_manifest(root: Path, node: Node) -> dict | None:
+    """The manifest, if every file it lists is still what was written: same size and mtime, or else same sha256.
+
+    A changed or missing file is named in a warning and the node counts as not computed.
+    """
+    manifest = read_manifest(root, node)
+    if manifest is None:
+        return None
+    folder = node_dir(root, node)
+    for rel, expected in manifest.get("files", {}).items():
+        problem = _file_problem(folder / rel, expected)
+        if problem:
+            log.warning("%s %s [%s]: %s %s; the node and everything after it will be recomputed",
+                        node.kind, node.name, node.key, folder / rel, problem)
+            return None
+    return manifest
+
+
+def _file_problem(path: Path, expected: dict) -> str | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return "is missing"
+    if stat.st_size != expected["size"]:
+        return f"has changed size ({stat.st_size} bytes, {expected['size']} written)"
+    if stat.st_mtime_ns == expected["mtime_ns"]:
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return None if digest.hexdigest() == expected["sha256"] else "has changed content"
 
 
 @cache

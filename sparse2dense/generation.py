@@ -1,24 +1,33 @@
 """Sampling completions: one interface, a transformers backend (CPU or GPU) and a vLLM one (GPU).
 
 vLLM is imported only when chosen; `auto` takes it where it is installed and a GPU is present.
+Every sample keeps its token ids and whether it was cut off at the length limit, so training on
+it never re-tokenizes text or invents an end token the model did not produce.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import GenerationSpec, HardwareSpec, SamplingSpec
-from .models import device_for, load_model, load_tokenizer
+from .config import GenerationSpec, HardwareSpec, Profile, SamplingSpec
+from .models import device_for, end_token_ids, load_model, load_tokenizer
 
 
 @dataclass(frozen=True)
 class Sample:
     text: str
-    num_tokens: int
+    token_ids: tuple[int, ...]  # the completion, with its end token when it ended
+    prompt_ids: tuple[int, ...]
+    truncated: bool  # stopped by max_new_tokens, not by an end token
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 def resolve_backend(spec: GenerationSpec, hardware: HardwareSpec) -> str:
@@ -34,14 +43,11 @@ class TransformersGenerator:
     def __init__(self, model, tokenizer, batch_size: int = 64, chat_template_kwargs: dict | None = None):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.chat_template_kwargs = chat_template_kwargs or {}
-
-    @classmethod
-    def from_path(cls, path, spec: GenerationSpec, hardware: HardwareSpec, chat_template_kwargs=None):
-        return cls(load_model(path, hardware), load_tokenizer(path), spec.batch_size, chat_template_kwargs)
+        self.end_ids = end_token_ids(model, tokenizer)
 
     @torch.no_grad()
     def generate(self, conversations: list[list[dict]], sampling: SamplingSpec, n: int = 1, seed: int = 0):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # generate() takes no generator: sampling draws from the global one
         was_training = self.model.training
         self.model.eval()
         prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True,
@@ -61,26 +67,34 @@ class TransformersGenerator:
                                     "top_k": sampling.top_k or None}
         ids = self.model.generate(
             **enc, do_sample=not greedy, num_return_sequences=n, max_new_tokens=sampling.max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.end_ids, **kwargs,
         )[:, enc["input_ids"].shape[1] :]
-        samples = [self._sample(row) for row in ids]
+        prompt_ids = [tuple(row[mask.bool()].tolist()) for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
+        samples = [self._sample(row, prompt_ids[j // n]) for j, row in enumerate(ids)]
         return [samples[j * n : (j + 1) * n] for j in range(len(prompts))]
 
-    def _sample(self, row: torch.Tensor) -> Sample:
-        # Tokens up to and including the first end-of-sequence; padding after it is not generated.
-        ends = (row == self.tokenizer.eos_token_id).nonzero()
-        length = int(ends[0]) + 1 if len(ends) else int((row != self.tokenizer.pad_token_id).sum())
-        return Sample(self.tokenizer.decode(row[:length], skip_special_tokens=True), length)
+    def _sample(self, row: torch.Tensor, prompt_ids: tuple[int, ...]) -> Sample:
+        # Tokens up to and including the first end token; what follows is padding, not generated text.
+        ends = torch.isin(row, torch.tensor(self.end_ids, device=row.device)).nonzero()
+        length = int(ends[0]) + 1 if len(ends) else len(row)
+        tokens = row[:length].tolist()
+        return Sample(self.tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), prompt_ids,
+                      truncated=not len(ends))
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
 
 
 class VLLMGenerator:
-    """vLLM offline engine; tensor parallel across the GPUs the profile gives it."""
+    """vLLM offline engine; tensor parallel across the GPUs the profile gives it. Close it to free the GPU."""
 
-    def __init__(self, path, spec: GenerationSpec, hardware: HardwareSpec, chat_template_kwargs=None):
+    def __init__(self, path, spec: GenerationSpec, hardware: HardwareSpec, chat_template_kwargs=None,
+                 trust_remote_code: bool = False):
         from vllm import LLM
 
         self.llm = LLM(model=str(path), tensor_parallel_size=spec.tensor_parallel_size,
-                       gpu_memory_utilization=spec.gpu_memory_utilization,
+                       gpu_memory_utilization=spec.gpu_memory_utilization, trust_remote_code=trust_remote_code,
                        dtype="bfloat16" if hardware.precision == "bf16" else "float32")
         self.chat_template_kwargs = chat_template_kwargs or {}
 
@@ -91,15 +105,35 @@ class VLLMGenerator:
                                 top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens, seed=seed)
         outputs = self.llm.chat(conversations, params, use_tqdm=False,
                                 chat_template_kwargs=self.chat_template_kwargs)
-        return [[Sample(o.text, len(o.token_ids)) for o in out.outputs] for out in outputs]
+        return [[Sample(o.text, tuple(o.token_ids), tuple(out.prompt_token_ids), o.finish_reason == "length")
+                 for o in out.outputs] for out in outputs]
 
     def close(self) -> None:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
         del self.llm
+        destroy_model_parallel()
+        destroy_distributed_environment()
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
-def make_generator(path: str | Path, spec: GenerationSpec, hardware: HardwareSpec, chat_template_kwargs=None):
-    if resolve_backend(spec, hardware) == "vllm":
-        return VLLMGenerator(path, spec, hardware, chat_template_kwargs)
-    return TransformersGenerator.from_path(path, spec, hardware, chat_template_kwargs)
+class open_generator:
+    """`with open_generator(path, profile) as gen:` the profile's backend, closed (GPU memory freed) on exit."""
+
+    def __init__(self, path: str | Path, profile: Profile):
+        trust = profile.models.trust_remote_code
+        kwargs = profile.data.chat_template_kwargs
+        if resolve_backend(profile.generation, profile.hardware) == "vllm":
+            self.generator = VLLMGenerator(path, profile.generation, profile.hardware, kwargs, trust)
+        else:
+            model = load_model(path, profile.hardware, trainable=False, trust_remote_code=trust)
+            self.generator = TransformersGenerator(model, load_tokenizer(path, trust), profile.generation.batch_size,
+                                                   kwargs)
+
+    def __enter__(self):
+        return self.generator
+
+    def __exit__(self, *exc) -> None:
+        self.generator.close()

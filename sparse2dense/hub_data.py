@@ -3,12 +3,16 @@
 Every source keeps its real column layout on disk; a small mapper per source turns one raw record into
 the common row, so the rest of the code never sees hub-specific columns. `path=` loads a local copy in the
 same layout, which is how tests and offline machines use this module.
+
+Rows that cannot be used are counted by reason and skipped, never trained on: an empty problem, a
+missing or empty answer, or an answer that is neither a string nor an integer (AIME copies store
+integers, converted exactly; a float, list or boolean could not be compared reliably).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -16,6 +20,15 @@ from typing import NamedTuple
 import numpy as np
 
 Row = dict[str, str]
+
+
+class Loaded(NamedTuple):
+    rows: list[Row]
+    skipped: dict[str, int]  # reason -> count
+
+
+class BadRow(ValueError):
+    """A raw record that cannot become a row; its message is the reason it is counted under."""
 
 # DAPO wraps every problem in the same instruction; the bare problem is what the students must see.
 DAPO_PREFIX = (
@@ -35,25 +48,47 @@ class HubSource(NamedTuple):
     columns: tuple[str, ...]  # raw columns the mapper reads; checked up front for a clear error
     to_row: Callable[[dict], Row]
     dedup: bool = False  # DAPO repeats each problem ~100 times; keep the first copy only
+    data_files: str | None = None  # the file inside the hub repo, where it is not the default split
 
 
-def dapo_problem(prompt: list[dict]) -> str:
-    """The bare problem inside DAPO's chat prompt, instruction prefix and reminder suffix removed."""
-    text = prompt[0]["content"]
-    text = text.removeprefix(DAPO_PREFIX).removesuffix(DAPO_SUFFIX)
-    return text.strip()
+def dapo_problem(prompt: list[dict] | str | None) -> str:
+    """The bare problem inside DAPO's prompt (a chat or a plain string), instruction prefix and suffix removed."""
+    if isinstance(prompt, str):
+        text = prompt
+    else:
+        text = prompt[0].get("content") if prompt and isinstance(prompt[0], dict) else None
+    if not isinstance(text, str):
+        return ""
+    return text.removeprefix(DAPO_PREFIX).removesuffix(DAPO_SUFFIX).strip()
 
 
 def _dapo_row(record: dict) -> Row:
-    problem = dapo_problem(record["prompt"])
+    problem = _problem(dapo_problem(record["prompt"]))
     # Ids come from the text, not the row position, so they survive dedup and reshuffles.
     digest = hashlib.sha256(problem.encode("utf-8")).hexdigest()[:12]
-    return {"id": f"dapo-{digest}", "problem": problem, "answer": str(record["reward_model"]["ground_truth"]).strip()}
+    answer = _answer((record["reward_model"] or {}).get("ground_truth"))
+    return {"id": f"dapo-{digest}", "problem": problem, "answer": answer}
 
 
 def _row(row_id: str, record: dict) -> Row:
+    return {"id": row_id, "problem": _problem(record["problem"]), "answer": _answer(record["answer"])}
+
+
+def _problem(value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRow("empty problem")
+    return value.strip()
+
+
+def _answer(value) -> str:
     # Some copies store answers as ints (AIME); the schema is strings throughout.
-    return {"id": row_id, "problem": record["problem"].strip(), "answer": str(record["answer"]).strip()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise BadRow("missing answer")
+    if not isinstance(value, str):
+        raise BadRow("non-string answer")
+    return value.strip()
 
 
 def _math500_row(record: dict) -> Row:
@@ -68,6 +103,12 @@ HUB_DATASETS: dict[str, HubSource] = {
     "dapo-math-17k": HubSource(
         "BytedTsinghua-SIA/DAPO-Math-17k", "train", ("prompt", "reward_model"), _dapo_row, dedup=True
     ),
+    # The deduplicated copy the authors' prepare_grpo_data.py reads (distinct-prompts-with-rewards.parquet,
+    # 17,398 rows), in DAPO's layout; its row order decides the seed-42 split, so it is used as it is.
+    "dapo-math-17k-dedup": HubSource(
+        "YouJiacheng/DAPO-Math-17k-dedup", "train", ("prompt", "reward_model"), _dapo_row,
+        data_files="distinct-prompts-with-rewards.parquet",
+    ),
     "math500": HubSource("HuggingFaceH4/MATH-500", "test", ("problem", "answer", "unique_id"), _math500_row),
     "aime24": HubSource("HuggingFaceH4/aime_2024", "train", ("id", "problem", "answer"), _aime_row("aime24")),
     "aime25": HubSource("yentinglin/aime_2025", "train", ("id", "problem", "answer"), _aime_row("aime25")),
@@ -79,7 +120,7 @@ def _load_raw(source: HubSource, path: str | None):
     import datasets  # heavy import, only paid when data is actually loaded
 
     if path is None:
-        return datasets.load_dataset(source.repo_id, split=source.split)
+        return datasets.load_dataset(source.repo_id, data_files=source.data_files, split=source.split)
     local = Path(path)
     if local.is_file():
         builder = DATA_FILE_BUILDERS.get(local.suffix)
@@ -106,10 +147,12 @@ def _load_folder_files(folder: Path):
     raise ValueError(f"no {'/'.join(DATA_FILE_BUILDERS)} files in {folder}")
 
 
-def load_hub_rows(name: str, path: str | None = None, limit: int | None = None) -> list[Row]:
-    """Rows {id, problem, answer} of a named hub dataset. `path` overrides the hub id with a local folder or
-    data file (parquet/json/jsonl) in the same column layout (this is how tests and offline users load it).
-    `limit` caps the number of returned rows (after dedup), stopping the scan early."""
+def load_hub_rows(name: str, path: str | None = None, limit: int | None = None) -> Loaded:
+    """Rows {id, problem, answer} of a named hub dataset, and the count of skipped records by reason.
+
+    `path` overrides the hub id with a local folder or data file (parquet/json/jsonl) in the same column
+    layout (this is how tests and offline users load it). `limit` caps the number of returned rows (after
+    dedup), stopping the scan early."""
     if name not in HUB_DATASETS:
         raise ValueError(f"unknown hub dataset {name!r}; known: {sorted(HUB_DATASETS)}")
     source = HUB_DATASETS[name]
@@ -120,32 +163,36 @@ def load_hub_rows(name: str, path: str | None = None, limit: int | None = None) 
         raise ValueError(f"{name}: expected column {missing[0]!r} in {where}, found {raw.column_names}")
 
     rows: list[Row] = []
+    skipped: Counter[str] = Counter()
     seen: set[str] = set()
     # Batched column access: per-row iteration over DAPO's ~1.79M raw rows would be needlessly slow.
     for batch in raw.select_columns(list(source.columns)).iter(batch_size=10_000):
         for values in zip(*(batch[c] for c in source.columns)):
-            row = source.to_row(dict(zip(source.columns, values)))
+            try:
+                row = source.to_row(dict(zip(source.columns, values)))
+            except BadRow as why:
+                skipped[str(why)] += 1
+                continue
             if source.dedup:
                 if row["problem"] in seen:
+                    skipped["duplicate"] += 1
                     continue
                 seen.add(row["problem"])
             rows.append(row)
             if limit is not None and len(rows) >= limit:
-                return rows
-    return rows
+                return Loaded(rows, dict(skipped))
+    return Loaded(rows, dict(skipped))
 
 
 def split_dapo(rows: list[Row], seed: int = 42, heldout_fraction: float = 0.2) -> tuple[list[Row], list[Row]]:
-    """(train, heldout) split of deduplicated DAPO rows, as the authors' 80/20 seed-42 split.
+    """(train, heldout) of deduplicated DAPO rows by the authors' rule (src/data/prepare_grpo_data.py).
 
-    Same indices as `datasets.Dataset.train_test_split(test_size=heldout_fraction, seed=seed)`: a PCG64
-    permutation from `np.random.default_rng(seed)`, held-out = first ceil(fraction * n) positions, train = the
-    rest (17,398 rows -> 13,918 train / 3,480 held out). Reimplemented with numpy so the split needs no
-    Arrow round trip and stays pinned even if `datasets` changes its caching.
+    `Dataset.shuffle(seed=42)` (a PCG64 permutation from `np.random.default_rng(seed)`), then the FIRST
+    int(0.8 n) rows are train and the rest held out: 17,398 rows -> 13,918 train / 3,480 held out.
+    (`train_test_split` shuffles the same way but takes its test set from the front: same sizes, disjoint sets.)
+    Reimplemented with numpy so the split needs no Arrow round trip.
     """
     n = len(rows)
-    n_heldout = math.ceil(heldout_fraction * n)
+    n_train = int((1 - heldout_fraction) * n)
     order = np.random.default_rng(seed).permutation(n)
-    heldout = [rows[i] for i in order[:n_heldout]]
-    train = [rows[i] for i in order[n_heldout:]]
-    return train, heldout
+    return [rows[i] for i in order[:n_train]], [rows[i] for i in order[n_train:]]

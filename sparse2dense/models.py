@@ -10,7 +10,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config
 
-from .config import HardwareSpec, ModelSpec, ToyArch
+from .config import HardwareSpec, ToyArch
 
 SPECIALS = ["<|pad|>", "<|end|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # One special token per role keeps toy prompts short; the template is a plain concatenation,
@@ -66,33 +66,43 @@ def set_threads(hardware: HardwareSpec) -> None:
     torch.set_num_threads(hardware.num_threads or os.cpu_count() or 1)
 
 
-def model_source(spec: ModelSpec) -> str:
-    """Where a base model's weights come from: a hub id or local folder."""
-    if spec.source != "hub" or not spec.name:
-        raise ValueError("only hub models have a source name; toy models are built by stage 0")
-    return spec.name
-
-
-def load_tokenizer(path: str | Path):
-    tok = AutoTokenizer.from_pretrained(str(path))
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
 
 
-def load_model(path: str | Path, hardware: HardwareSpec, device: str | None = None):
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype_for(hardware))
+def load_model(path: str | Path, hardware: HardwareSpec, *, trainable: bool, device: str | None = None,
+               trust_remote_code: bool = False):
+    """A model to train or a frozen one (teacher, sampler).
+
+    Trained weights stay fp32: they are the optimizer's master copy, and bf16 compute comes from
+    the trainer's autocast. Stepping AdamW on bf16 weights would round most lr-1e-6 updates away.
+    """
+    dtype = torch.float32 if trainable else dtype_for(hardware)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
     return model.to(device or device_for(hardware))
 
 
-def vocab_size(path: str | Path) -> int:
-    return AutoConfig.from_pretrained(str(path)).vocab_size
+def end_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a completion: the checkpoint's generation config may list several (Qwen3 has two)."""
+    configured = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = [i for i in ids if i is not None]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
 
 
-def check_same_vocabulary(teacher: str | Path, student: str | Path) -> None:
+def vocab_size(path: str | Path, trust_remote_code: bool = False) -> int:
+    return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code).get_text_config().vocab_size
+
+
+def check_same_vocabulary(teacher: str | Path, student: str | Path, trust_remote_code: bool = False) -> None:
     """Token-level distillation compares distributions over one vocabulary."""
-    t, s = vocab_size(teacher), vocab_size(student)
+    t, s = vocab_size(teacher, trust_remote_code), vocab_size(student, trust_remote_code)
     if t != s:
         raise ValueError(f"teacher {teacher} has vocabulary {t}, student {student} has {s}: they must match")
 

@@ -32,7 +32,7 @@ def rows(plan: Plan, root: Path) -> list[dict]:
         manifests = {n.key: read_manifest(root, n) for n in nodes}
         spent = [(n, manifests[n.key]) for n in nodes if manifests[n.key] and manifests[n.key]["labels_used"]]
         record = {
-            "arm": row.arm, "seed": row.seed, "status": "completed" if evaluation else "missing",
+            "arm": row.arm, "seed": row.seed, "budget": row.budget, "status": "completed" if evaluation else "missing",
             "labels_used": sum(m["labels_used"] for _, m in spent),
             "labels_on": ", ".join(f"{m['labels_used']} {m['labels_on']} on {_family(n)}" for n, m in spent) or "none",
             "compute_s": round(sum(m["compute_s"] for m in manifests.values() if m), 1),
@@ -52,14 +52,14 @@ def metric_names(table: list[dict]) -> list[str]:
 
 
 def summary(table: list[dict]) -> list[dict]:
-    """Mean and standard error over seeds, per arm, in the grid's arm order."""
-    arms: dict[str, list[dict]] = {}
+    """Mean and standard error over seeds, per arm (and labeled budget), in the grid's order."""
+    arms: dict[tuple, list[dict]] = {}
     for r in table:
-        arms.setdefault(r["arm"], []).append(r)
+        arms.setdefault((r["arm"], r["budget"]), []).append(r)
     out = []
-    for arm, group in arms.items():
+    for (arm, budget), group in arms.items():
         done = [r for r in group if r["status"] == "completed"]
-        line = {"arm": arm, "seeds": len(done), "labels_on": group[0]["labels_on"],
+        line = {"arm": arm, "budget": budget, "seeds": len(done), "labels_on": group[0]["labels_on"],
                 "labels_used": group[0]["labels_used"],
                 "compute_s": round(sum(r["compute_s"] for r in group) / len(group), 1)}
         for name in metric_names(done):
@@ -79,17 +79,19 @@ def _sem(values: list[float], mean: float) -> float:
 def markdown(table: list[dict]) -> str:
     lines = summary(table)
     names = metric_names(table)
-    head = ["arm", "seeds", *names, "labels used", "compute (s)"]
+    sweep = len({r["budget"] for r in table}) > 1
+    head = ["arm", *(["L"] if sweep else []), "seeds", *names, "labels used", "compute (s)"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in lines:
         cells = [f"{100 * r[n]:.1f} ± {100 * r[n + ' sem']:.1f}" if n in r else "-" for n in names]
-        row = [r["arm"], str(r["seeds"]), *cells, r["labels_on"], f"{r['compute_s']:.0f}"]
+        row = [r["arm"], *([str(r["budget"])] if sweep else []), str(r["seeds"]), *cells, r["labels_on"],
+               f"{r['compute_s']:.0f}"]
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out) + "\n"
 
 
 def to_csv(table: list[dict]) -> str:
-    fields = ["arm", "seed", "status", *metric_names(table), "labels_used", "labels_on", "compute_s"]
+    fields = ["arm", "seed", "budget", "status", *metric_names(table), "labels_used", "labels_on", "compute_s"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

@@ -3,34 +3,50 @@
 Prefect-free, so a node can also be run from a notebook or another orchestrator. A node's
 folder is `<artifacts>/<kind>/<key>/`; its `manifest.json` is written atomically after
 everything else, so a folder without one is unfinished work that a rerun resumes.
+
+A stage reads its settings from the node's params (what its key hashes), never from the
+profile's sections, so a node computes exactly what its key says. Under `accelerate launch`
+every rank runs the stage; only the main process writes the manifest and the MLflow records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import platform
-from functools import lru_cache
+import time
 from importlib.metadata import version
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from . import data
-from .config import DataSpec, Profile
-from .dag import MANIFEST, Node, code_fingerprint, node_dir
-from .stages.common import write_json
+from .config import BenchmarkSpec, EvaluateSpec, ForwardKLSpec, GRPOSpec, ModelSpec, OPDSpec, Profile, RolloutsSpec
+from .dag import MANIFEST, NodeSpec, code_fingerprint
+from .stages.common import is_main_process, write_json
 from .tracking import Tracker
 
 log = logging.getLogger("sparse2dense")
-PACKAGES = ("torch", "transformers", "trl", "datasets", "math-verify", "mlflow", "prefect")
 
 
-@lru_cache(maxsize=4)
-def _splits(data_json: str) -> dict[str, data.Split]:
-    return data.splits(DataSpec.model_validate_json(data_json))
+class NodeTimeout(RuntimeError):
+    """A node ran past its wall-clock limit (resources.<kind>.timeout_s); it is not retried."""
 
 
-def splits(profile: Profile) -> dict[str, data.Split]:
-    return _splits(profile.data.model_dump_json())
+class Deadline(TrainerCallback):
+    """Inline nodes cannot be killed: training stops at the first optimizer step past the limit, saving a
+    checkpoint first, and the node fails with NodeTimeout. Generation and evaluation run to their end."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.at, self.expired = seconds, time.monotonic() + seconds, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() > self.at:
+            self.expired = control.should_save = control.should_training_stop = True
+
+
+PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "math-verify", "mlflow", "prefect")
 
 
 def package_versions() -> dict[str, str]:
@@ -43,72 +59,92 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def _total_steps(profile: Profile, node: Node) -> int:
-    """For progress lines: a stage's planned optimizer steps (0 when it does not train)."""
+def _split(profile: Profile, params: dict) -> data.Split:
+    """The split a node's params define (its size included: a budget sweep changes only that)."""
+    return data.split(profile.data, params["split"]["name"], params["split"]["size"])
+
+
+def planned_steps(node: NodeSpec) -> int:
+    """For progress lines: a stage's planned optimizer steps (0 when it does not train or cannot tell)."""
+    p = node.params
     if node.kind == "base":
-        pretrain = getattr(profile.models, node.params["role"]).pretrain
-        return pretrain.max_steps if pretrain else 0
-    if node.kind == "forward_kl":
-        sequences = profile.data.distill_prompts * profile.rollouts.samples_per_prompt
-        return profile.forward_kl.epochs * -(-sequences // profile.forward_kl.batch_size)
-    return node.params.get("spec", {}).get("steps", 0)
+        return (p["model"].get("pretrain") or {}).get("max_steps", 0)
+    return p.get("spec", {}).get("steps", 0)
 
 
-def run_stage(profile: Profile, node: Node, inputs: dict[str, dict], out: Path, tracker: Tracker | None,
-              run_id: str | None) -> tuple[dict, list[data.Split]]:
+def run_stage(profile: Profile, node: NodeSpec, inputs: dict[str, dict], out: Path,
+              callbacks: list) -> tuple[dict, list[data.Split]]:
     """Call the node's stage with its inputs' outputs; returns (stage result, splits it read)."""
     from .stages import base, distill, evaluate, grpo, rollouts
 
-    seed = node.params.get("seed", profile.seed)
-    steps = _total_steps(profile, node)
-    label = f"{node.kind} {node.name} [{node.key[:8]}]"
-    progress = tracker.progress(run_id, label, steps) if tracker else None
-    callbacks = [progress] if progress else []
-    on_log = progress.record if progress else None
+    p, kind = node.params, node.kind
+    seed = p.get("seed", profile.seed)
     model_of = {role: manifest["outputs"].get("model") for role, manifest in inputs.items()}
-    kind = node.kind
     if kind == "base":
-        return base.prepare_base(profile, node.params["role"], out, on_log=on_log), []
+        spec = getattr(profile.models, p["role"])
+        if spec.source == "toy":  # the key hashes the toy model's whole definition
+            spec = ModelSpec.model_validate(p["model"])
+        return base.prepare_base(profile, p["role"], spec, out, callbacks), []
     if kind in ("grpo", "replay"):
-        split = splits(profile)[node.params["split"]["name"]]
-        spec = getattr(profile, node.params["settings"])
-        return grpo.grpo(profile, spec, model_of["model"], split, out, seed, callbacks,
-                         new_labels=kind == "grpo"), [split]
+        split = _split(profile, p)
+        return grpo.grpo(profile, GRPOSpec.model_validate(p["spec"]), model_of["model"], split, out, seed,
+                         callbacks, new_labels=kind == "grpo"), [split]
     if kind == "rollouts":
-        split = splits(profile)["distill"]
-        return rollouts.rollouts(profile, profile.rollouts, model_of["model"], split, out, seed), [split]
+        split = _split(profile, p)
+        return rollouts.rollouts(profile, RolloutsSpec.model_validate(p["spec"]), model_of["model"], split, out,
+                                 seed), [split]
     if kind == "forward_kl":
         rollouts_dir = Path(inputs["rollouts"]["outputs"]["rollouts"]).parent
-        return distill.forward_kl(profile, profile.forward_kl, model_of["student"], rollouts_dir, out, seed,
-                                  on_log=on_log), []
+        return distill.forward_kl(profile, ForwardKLSpec.model_validate(p["spec"]), model_of["student"],
+                                  rollouts_dir, out, seed, callbacks), []
     if kind == "opd":
-        split = splits(profile)["distill"]
-        return distill.opd(profile, profile.opd, model_of["teacher"], model_of["student"], split, out, seed,
-                           callbacks), [split]
+        split = _split(profile, p)
+        return distill.opd(profile, OPDSpec.model_validate(p["spec"]), model_of["teacher"], model_of["student"],
+                           split, out, seed, callbacks), [split]
     if kind == "evaluate":
-        return evaluate.evaluate(profile, model_of["model"], out, seed), []
+        benchmarks = [_benchmark(b, profile) for b in p["benchmarks"]]
+        return evaluate.evaluate(profile, EvaluateSpec.model_validate(p["spec"]), benchmarks, model_of["model"],
+                                 out, seed), []
     raise ValueError(f"unknown node kind {kind!r}")
 
 
-def run_node(profile: Profile, node: Node, inputs: dict[str, dict], root: Path,
-             tracker: Tracker | None = None, tags: dict[str, str] | None = None) -> dict:
-    """Compute a node (resuming any checkpoint in its folder) and return its manifest."""
-    out = node_dir(root, node)
+def _benchmark(params: dict, profile: Profile) -> BenchmarkSpec:
+    """A benchmark from the node's params; its file (keyed by content) is where the profile says."""
+    path = next(b.path for b in profile.data.benchmarks if b.name == params["name"])
+    return BenchmarkSpec.model_validate({k: v for k, v in params.items() if k != "file"} | {"path": path})
+
+
+def run_node(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root: Path,
+             tracker: Tracker | None = None, tags: dict[str, str] | None = None,
+             timeout_s: float | None = None) -> dict | None:
+    """Compute a node (resuming any checkpoint in its folder); returns its manifest (None off the main process).
+
+    `timeout_s` is the inline limit (see Deadline); launched nodes are timed out by their launcher.
+    """
+    out = Path(root) / node.kind / node.key
     out.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()
+    tracker = tracker if main else None
     run_id = tracker.start_node_run(node, out, tags or {}) if tracker else None
+    callbacks = [tracker.progress(run_id, f"{node.kind} {node.name} [{node.key[:8]}]", planned_steps(node))] \
+        if tracker else []
+    deadline = Deadline(timeout_s) if timeout_s else None
     log.info("running %s %s [%s]", node.kind, node.name, node.key)
     try:
-        result, used = run_stage(profile, node, inputs, out, tracker, run_id)
+        result, used = run_stage(profile, node, inputs, out, callbacks + ([deadline] if deadline else []))
+        if deadline and deadline.expired:
+            raise NodeTimeout(f"{node.kind} {node.name} [{node.key[:8]}] ran past its limit of {timeout_s:.0f}s; "
+                              "training stopped at a checkpoint, which the next run resumes")
     except BaseException:
         if tracker:
             tracker.end_node_run(run_id, ok=False)
         raise
+    if not main:
+        return None
     manifest = {
-        "key": node.key, "kind": node.kind, "name": node.name, "params": node.params,
-        "inputs": {role: parent.key for role, parent in node.inputs},
-        "status": "completed", "mlflow_run_id": run_id, "code_fingerprint": code_fingerprint(),
-        "packages": package_versions(), "splits": [s.describe() for s in used], **result,
-        "files": _checksums(out),
+        **node.to_json(), "status": "completed", "mlflow_run_id": run_id, "code_fingerprint": code_fingerprint(),
+        "packages": package_versions(), "host": platform.node(), "pid": os.getpid(),
+        "splits": [s.describe() for s in used], **result, "files": _checksums(out),
     }
     write_json(out / MANIFEST, manifest)
     if tracker:
@@ -118,11 +154,20 @@ def run_node(profile: Profile, node: Node, inputs: dict[str, dict], root: Path,
     return manifest
 
 
-def _checksums(out: Path) -> dict[str, str]:
-    """sha256 of the node's files (models included); checkpoints are transient and skipped."""
+def _checksums(out: Path) -> dict[str, dict]:
+    """sha256, size and mtime of the node's files (models included); checkpoints are transient and skipped."""
     sums = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if path.is_file() and not rel.startswith("checkpoints/") and path.name != MANIFEST:
-            sums[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_file() and not rel.startswith("checkpoints/") and path.name not in (MANIFEST, "mlflow_run_id"):
+            stat = path.stat()
+            sums[rel] = {"sha256": _sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return sums
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -16,12 +16,15 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModelStatus, Metric, Param, RunTag
 from transformers import TrainerCallback
 
+from .stages.common import read_jsonl
+
 log = logging.getLogger("sparse2dense")
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 SECRET_HINTS = ("token", "secret", "password", "api_key", "apikey")
 # Checkpoints larger than this are logged by reference (their path), not copied into MLflow.
 MAX_MODEL_COPY_BYTES = 200 * 2**20
+SAMPLE_ROWS = 200  # problems per benchmark shown in a run's sample table (all of them stay in the node folder)
 
 
 def tracking_uri() -> str:
@@ -95,11 +98,11 @@ class Tracker:
             self._log_model(run_id, node, manifest["outputs"]["model"])
 
     def _log_samples(self, run_id: str, path: Path) -> None:
-        import pandas as pd
-
-        rows = pd.read_json(path, lines=True).head(200)
-        table = {"id": rows["id"].tolist(), "answer": rows["answer"].astype(str).tolist(),
-                 "completion": [c[0] for c in rows["completions"]], "correct": [c[0] for c in rows["correct"]]}
+        # Read as JSON, not through pandas' type inference: AIME's answer "094" must stay "094".
+        rows = read_jsonl(path)[:SAMPLE_ROWS]
+        table = {"id": [r["id"] for r in rows], "answer": [r["answer"] for r in rows],
+                 "completion": [r["completions"][0] for r in rows], "correct": [r["correct"][0] for r in rows],
+                 "num_tokens": [r["num_tokens"][0] for r in rows], "truncated": [r["truncated"][0] for r in rows]}
         self.client.log_table(run_id, table, f"samples/{path.stem}.json")
 
     def _log_split(self, run_id: str, split: dict) -> None:

@@ -1,12 +1,27 @@
-"""Answer checking: the last \\boxed{...} of a completion against the reference, via math-verify."""
+"""Answer checking: the last \\boxed{...} of a completion against the reference.
+
+Two checkers: `math-verify` (the default; symbolic, so `0.5` equals `\\frac12`) and `strict`,
+the authors' rule: MATH-style string normalisation of both sides, then string equality.
+math-verify can spin on a pathological expression; it never gets more than `TIMEOUT_S` here:
+on the main thread through its own alarm, elsewhere in a worker process that is replaced when
+it overruns (an overrun answer counts as wrong).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
 import threading
 
-from math_verify import LatexExtractionConfig, parse, verify
+from .strict_math import strict_equal
 
+log = logging.getLogger("sparse2dense")
 _BOX = "\\boxed"
+TIMEOUT_S = 5
 
 
 def last_boxed(text: str) -> str | None:
@@ -25,24 +40,71 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def _timeouts() -> dict:
-    # math-verify times out with signal.alarm, which only the main thread may use.
-    on_main = threading.current_thread() is threading.main_thread()
-    return {"parsing_timeout": 5 if on_main else None}, {"timeout_seconds": 5 if on_main else None}
-
-
-def is_correct(completion: str, gold: str) -> bool:
-    """True when the completion's last boxed answer equals `gold` after MATH-style normalisation."""
+def is_correct(completion: str, gold: str, checker: str = "math-verify") -> bool:
+    """True when the completion's last boxed answer equals `gold` under `checker`."""
     answer = last_boxed(completion)
     if answer is None:
         return False
     if answer == gold.strip():
-        return True  # identical strings need no symbolic check (the common case, and fast)
-    parse_kw, verify_kw = _timeouts()
+        return True  # identical strings need no further check (the common case, and fast)
+    if checker == "strict":
+        return strict_equal(answer, gold)
+    if threading.current_thread() is threading.main_thread():
+        return symbolic_equal(answer, gold, TIMEOUT_S)
+    return _worker().equal(answer, gold)
+
+
+def symbolic_equal(answer: str, gold: str, timeout: int | None) -> bool:
+    """math-verify on both boxed strings; `timeout` uses signal.alarm, so the main thread only."""
+    from math_verify import LatexExtractionConfig, parse, verify
+
     config = [LatexExtractionConfig(boxed_match_priority=0)]
     try:
-        pred = parse(f"$\\boxed{{{answer}}}$", extraction_config=config, **parse_kw)
-        ref = parse(f"$\\boxed{{{gold}}}$", extraction_config=config, **parse_kw)
-        return bool(pred and ref and verify(ref, pred, **verify_kw))
+        pred = parse(f"$\\boxed{{{answer}}}$", extraction_config=config, parsing_timeout=timeout)
+        ref = parse(f"$\\boxed{{{gold}}}$", extraction_config=config, parsing_timeout=timeout)
+        return bool(pred and ref and verify(ref, pred, timeout_seconds=timeout))
     except Exception:  # a malformed answer is a wrong answer, never a crashed training step
         return False
+
+
+class _Worker:
+    """math-verify in a child process (JSON lines over pipes), killed and replaced when an answer overruns."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen | None = None
+
+    def equal(self, answer: str, gold: str) -> bool:
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = subprocess.Popen([sys.executable, "-m", "sparse2dense.verify"], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, text=True, bufsize=1)
+            self.proc.stdin.write(json.dumps([answer, gold]) + "\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], 2 * TIMEOUT_S + 30)  # + the worker's start
+            if not ready:
+                log.warning("answer check overran %ss (counted wrong): %.80r", 2 * TIMEOUT_S + 30, answer)
+                self.proc.kill()
+                self.proc.wait()
+                self.proc = None
+                return False
+            line = self.proc.stdout.readline()
+            return line.strip() == "true"
+
+
+_WORKERS: dict[int, _Worker] = {}
+
+
+def _worker() -> _Worker:
+    return _WORKERS.setdefault(os.getpid(), _Worker())  # one per process: a forked child makes its own
+
+
+def _serve() -> None:
+    """The worker's loop: one [answer, gold] per line in, `true`/`false` out (math-verify's own alarm applies)."""
+    for line in sys.stdin:
+        answer, gold = json.loads(line)
+        print("true" if symbolic_equal(answer, gold, TIMEOUT_S) else "false", flush=True)
+
+
+if __name__ == "__main__":
+    _serve()

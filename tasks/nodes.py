@@ -1,8 +1,10 @@
 """One Prefect task per node kind. The node key is the cache key and the manifest the result.
 
-Caching is SERIALIZABLE under a file lock, so two grids started at once compute a shared
-node once; retries rerun the node in the same folder, where training resumes from its last
-checkpoint.
+Caching is SERIALIZABLE under a lease lock, so two grids started at once compute a shared node
+once, and a lock whose holder died is broken instead of waited on forever. Retries rerun the node
+in the same folder, where training resumes from its last checkpoint; a node that ran past its
+time limit is not retried. The task stays thin: inline nodes run in this process, launched ones
+in their own process group (see `sparse2dense.launch`).
 """
 
 from __future__ import annotations
@@ -10,16 +12,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import CacheKeyFnPolicy
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.transactions import IsolationLevel
 
 from sparse2dense import report as comparison
-from sparse2dense.config import load_profile
 from sparse2dense.dag import Node, Plan, canonical, read_manifest
-from sparse2dense.runner import run_node
-from sparse2dense.tracking import Tracker
+from sparse2dense.leases import LeaseLockManager
+from sparse2dense.runner import NodeTimeout
 
 KINDS = ("base", "grpo", "replay", "rollouts", "forward_kl", "opd", "evaluate")
 RETRIES = 2
@@ -30,20 +30,39 @@ def _node_key(_context, parameters) -> str:
 
 
 def _run(node: Node, inputs: dict[str, dict], run: dict) -> dict:
-    """`run` carries what every node of a grid shares: profile, artifact root, tracking."""
+    """`run` carries what every node of a grid shares: the profile (read once), artifact root, tracking."""
     root = Path(run["artifacts"])
     done = read_manifest(root, node)
     if done:
-        return done  # computed earlier, e.g. by a grid whose Prefect records are gone
-    profile = load_profile(run["profile"], run["overrides"])
-    tracker = Tracker(run["experiment"])
-    return run_node(profile, node, inputs, root, tracker, tags=run["tags"])
+        return done  # computed meanwhile, e.g. by another grid on the same root
+    profile, tracking = run["profile"], run["tracking"]
+    resources = profile.resources.of(node.kind)
+    if resources.launch == "inline":
+        from sparse2dense.runner import run_node
+        from sparse2dense.tracking import Tracker
+
+        return run_node(profile, node.spec(), inputs, root, Tracker(tracking["experiment"]), tracking["tags"],
+                        timeout_s=resources.timeout_s)
+    from sparse2dense.launch import run_launched
+
+    logger = get_run_logger()
+    return run_launched(profile, node.spec(), inputs, root, resources, tracking, on_line=logger.info)
+
+
+def _retry_unless_timed_out(_task, _task_run, state) -> bool:
+    try:
+        state.result()
+    except NodeTimeout:
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def _policy(root: Path) -> CacheKeyFnPolicy:
     return CacheKeyFnPolicy(cache_key_fn=_node_key).configure(
         key_storage=root / ".prefect" / "cache-keys",
-        lock_manager=FileSystemLockManager(lock_files_directory=root / ".prefect" / "locks"),
+        lock_manager=LeaseLockManager(lock_files_directory=root / ".prefect" / "locks"),
         isolation_level=IsolationLevel.SERIALIZABLE,
     )
 
@@ -53,7 +72,7 @@ def node_tasks(root: Path) -> dict:
     storage = root / ".prefect" / "results"
     return {
         kind: task(_run, name=kind, retries=RETRIES, retry_delay_seconds=1, persist_result=True,
-                   result_storage=storage, cache_policy=_policy(root),
+                   retry_condition_fn=_retry_unless_timed_out, result_storage=storage, cache_policy=_policy(root),
                    task_run_name=_run_name)
         for kind in KINDS
     }
@@ -75,7 +94,7 @@ def _write_report(plan: Plan, root: Path) -> dict:
 
 
 def _report_key(table: list[dict]) -> str:
-    rows = [(r["arm"], r["seed"], r["eval_key"], r["status"]) for r in table]
+    rows = [(r["arm"], r["seed"], r["budget"], r["eval_key"], r["status"]) for r in table]
     return hashlib.sha256(canonical(rows).encode()).hexdigest()[:16]
 
 

@@ -22,4 +22,5 @@ def bases(smoke, tmp_path_factory):
     from sparse2dense.stages.base import prepare_base
 
     root = tmp_path_factory.mktemp("bases")
-    return {role: prepare_base(smoke, role, root / role)["outputs"]["model"] for role in ("teacher", "student")}
+    return {role: prepare_base(smoke, role, getattr(smoke.models, role), root / role)["outputs"]["model"]
+            for role in ("teacher", "student")}

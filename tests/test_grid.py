@@ -123,22 +123,36 @@ def test_a_deleted_node_folder_is_recomputed_despite_prefects_cache(env, first):
 
 
 def test_a_node_that_fails_once_is_retried_and_resumes(env, first, monkeypatch):
-    from sparse2dense.stages import loop
+    from sparse2dense.stages.supervised import ForwardKLTrainer
 
-    real_step, calls = loop._step, {"n": 0}
+    real_step, failed = ForwardKLTrainer.training_step, []
 
-    def flaky_step(*args):
-        calls["n"] += 1
-        if calls["n"] == 3:  # after the checkpoint at step 2
+    def flaky_step(self, *args, **kwargs):
+        if self.state.global_step == 2 and not failed:  # after the checkpoint at step 2
+            failed.append(True)
             raise RuntimeError("transient failure")
-        return real_step(*args)
+        return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "_step", flaky_step)
+    monkeypatch.setattr(ForwardKLTrainer, "training_step", flaky_step)
     run_grid(arms=["fkl-only"], refresh=["fkl-only"])
     node = next(n for n in smoke_plan(["fkl-only"]).nodes.values() if n.name == "fkl-only")
     manifest = dag.read_manifest(env, node)
-    assert manifest["resumed_from_step"] == 2
+    assert failed and manifest["resumed_from_step"] == 2
     assert manifest["metrics"]["steps"] == 4
+
+
+def test_refresh_recomputes_what_depends_on_the_named_node(env, first):
+    plan = smoke_plan(["bridge"])
+    fkl = next(n for n in plan.nodes.values() if n.name == "fkl-only")
+    downstream = {n.key: dag.read_manifest(env, n)["mlflow_run_id"] for n in plan.nodes.values()
+                  if n.name in ("bridge", "evaluate:bridge")}
+    upstream = {n.key: dag.read_manifest(env, n)["mlflow_run_id"] for n in plan.nodes.values()
+                if n.name in ("teacher-grpo", "rl-rollouts")}
+    run_grid(arms=["bridge"], refresh=[fkl.key[:8]])
+    for key, old in downstream.items():
+        assert dag.read_manifest(env, plan.nodes[key])["mlflow_run_id"] != old
+    for key, old in upstream.items():
+        assert dag.read_manifest(env, plan.nodes[key])["mlflow_run_id"] == old
 
 
 def test_a_failing_arm_does_not_stop_the_others(env, first, monkeypatch):

@@ -60,7 +60,8 @@ def test_benchmark_is_disjoint_from_training_pools():
     assert not {r["problem"] for r in test.rows} & {r["problem"] for r in train + heldout}
 
 
-def test_prompt_carries_suffix_and_system_prompt():
+def test_prompt_joins_problem_and_suffix_as_the_authors_do():
     p = load_profile("qwen3-8b-1.7b")
     msgs = data.messages("What is 1+1?", p.data)
-    assert msgs[-1]["content"].startswith("What is 1+1? Let's think step by step")
+    assert msgs == [{"role": "user", "content": "What is 1+1?\n\nLet's think step by step and output the final "
+                                                "answer within \\boxed{}."}]

@@ -1,17 +1,27 @@
-"""What every stage shares: timing, checkpoint discovery, the result it returns."""
+"""What every stage shares: timing, checkpoints, the trainer settings, the result it returns.
+
+Every training stage runs a `transformers.Trainer` (TRL's, or ours for supervised losses), so one
+process or many under `accelerate launch` run the same code, and every rank resumes from the
+same checkpoint. Only the main process writes the model and the files the node leaves behind.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
+log = logging.getLogger("sparse2dense")
+
 MODEL_DIR = "model"
 CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"  # the last file a checkpoint gets: its presence means complete
 
 
 @contextmanager
@@ -25,9 +35,36 @@ def stopwatch():
         timing["seconds"] = time.perf_counter() - start
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def last_checkpoint(out: Path) -> str | None:
+    """The newest complete checkpoint; incomplete ones (a kill or a full disk mid-write) are removed."""
     folder = out / CHECKPOINTS
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir():
+        return None
+    while (path := get_last_checkpoint(str(folder))) is not None:
+        if _complete(Path(path)):
+            return path
+        log.warning("removing incomplete checkpoint %s (it was being written when the node stopped)", path)
+        if is_main_process():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            return None  # the main process cleans up; the others wait for its choice at the next launch
+    return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("pytorch_model*"))
 
 
 def checkpoint_step(path: str | None) -> int | None:
@@ -48,6 +85,7 @@ def result(*, model: Path | str | None = None, metrics: dict | None = None, labe
         "labels_on": labels_on,
         "compute_s": round(compute_s, 3),
         "resumed_from_step": resumed_from_step,
+        "world_size": world_size(),
     }
 
 
@@ -73,19 +111,30 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def trainer_args(spec, hardware, out: Path, seed: int, steps: int) -> dict:
-    """TrainingArguments shared by the TRL trainers: checkpoints under `<out>/checkpoints`."""
+def trainer_args(spec, hardware, out: Path, seed: int, steps: int, per_step: int, micro_batch: int) -> dict:
+    """TrainingArguments shared by every trainer: checkpoints under `<out>/checkpoints`.
+
+    `per_step` items per optimizer step, all processes together, `micro_batch` per process and pass;
+    the accumulation makes up the rest, so a step means the same on one process or many.
+    `steps` <= 0 lets the trainer run whole epochs instead.
+    """
     from ..models import device_for
 
     cpu = device_for(hardware) == "cpu"
+    accumulation = per_step // (micro_batch * world_size())
+    if accumulation < 1 or accumulation * micro_batch * world_size() != per_step:
+        raise ValueError(f"{per_step} per step does not split into micro-batches of {micro_batch} "
+                         f"over {world_size()} processes")
     return dict(
-        output_dir=str(out / CHECKPOINTS), max_steps=steps, seed=seed, data_seed=seed,
+        output_dir=str(out / CHECKPOINTS), max_steps=steps if steps > 0 else -1, seed=seed, data_seed=seed,
+        per_device_train_batch_size=micro_batch, gradient_accumulation_steps=accumulation,
         learning_rate=spec.learning_rate, weight_decay=spec.weight_decay, max_grad_norm=spec.max_grad_norm,
-        warmup_steps=int(spec.warmup_ratio * steps), lr_scheduler_type="constant_with_warmup",
+        warmup_steps=spec.warmup_ratio, lr_scheduler_type="constant_with_warmup",
         save_steps=spec.save_steps, save_total_limit=1, logging_steps=spec.logging_steps,
-        use_cpu=cpu, bf16=hardware.precision == "bf16" and not cpu,
+        # bf16 autocast over the fp32 weights the stages load: the optimizer updates fp32 master weights.
+        use_cpu=cpu, bf16=hardware.precision == "bf16",
         activation_checkpointing=hardware.gradient_checkpointing, report_to="none",
-        disable_tqdm=True, dataloader_num_workers=0,
+        disable_tqdm=True, dataloader_num_workers=0, ddp_backend="gloo" if cpu and world_size() > 1 else None,
     )
 
 
@@ -96,24 +145,27 @@ def log_summary(history: list[dict], key: str) -> dict:
 
 
 def vllm_args(profile) -> dict:
-    """TRL generates with colocated vLLM when the profile's backend resolves to it."""
+    """TRL generates with vLLM colocated in each training rank when the profile's backend resolves to it."""
     from ..generation import resolve_backend
 
-    use_vllm = resolve_backend(profile.generation, profile.hardware) == "vllm"
-    return dict(use_vllm=use_vllm, vllm_mode="colocate",
-                vllm_gpu_memory_utilization=profile.generation.gpu_memory_utilization,
-                vllm_tensor_parallel_size=profile.generation.tensor_parallel_size)
+    g = profile.generation
+    return dict(use_vllm=resolve_backend(g, profile.hardware) == "vllm", vllm_mode="colocate",
+                vllm_gpu_memory_utilization=g.colocate_gpu_memory_utilization,
+                vllm_tensor_parallel_size=g.colocate_tensor_parallel_size, vllm_enable_sleep_mode=g.sleep_mode)
 
 
-def run_trainer(trainer, tokenizer, out: Path) -> tuple[list[dict], str | None]:
-    """Train (resuming the last checkpoint in `out`), save the model; returns (log history, resumed from)."""
+def run_trainer(trainer, out: Path) -> tuple[list[dict], str | None]:
+    """Train (resuming the last complete checkpoint in `out`), save the model; returns (log history, resumed from).
+
+    Every rank calls save_model (sharded weights are gathered collectively); only the main process writes.
+    """
     from transformers.trainer_callback import PrinterCallback
-
-    from ..models import save_model
 
     trainer.remove_callback(PrinterCallback)  # logs go to the tracking callback, not stdout
     resume = last_checkpoint(out)
     trainer.train(resume_from_checkpoint=resume)
-    save_model(trainer.model, tokenizer, out / MODEL_DIR)
-    write_json(out / "log_history.json", trainer.state.log_history)
+    trainer.save_model(str(out / MODEL_DIR))
+    if trainer.args.should_save:
+        write_json(out / "log_history.json", trainer.state.log_history)
     return trainer.state.log_history, resume
+

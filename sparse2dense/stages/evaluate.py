@@ -1,4 +1,4 @@
-"""Evaluation: avg@n and pass@k per benchmark, response lengths, and every sample saved."""
+"""Evaluation: avg@n and pass@k per benchmark, response lengths, and every sample saved for audit."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from math import comb
 from pathlib import Path
 
 from .. import data
-from ..config import Profile
-from ..generation import make_generator
+from ..config import BenchmarkSpec, EvaluateSpec, Profile
+from ..generation import open_generator
 from ..models import set_threads
 from ..verify import is_correct
 from .common import result, stopwatch, write_jsonl
@@ -20,9 +20,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def score(samples: list[list], golds: list[str], pass_at: list[int]) -> tuple[dict, list[list[bool]]]:
-    """Metrics for one benchmark from its samples (lists of Sample per problem)."""
-    correct = [[is_correct(s.text, g) for s in group] for group, g in zip(samples, golds)]
+def score(samples: list[list], golds: list[str], pass_at: list[int], checker: str = "math-verify"):
+    """Metrics for one benchmark from its samples (lists of Sample per problem), and each sample's verdict."""
+    correct = [[is_correct(s.text, g, checker) for s in group] for group, g in zip(samples, golds)]
     n = len(samples[0])
     lengths = [s.num_tokens for group in samples for s in group]
     metrics = {f"avg@{n}": sum(map(sum, correct)) / (n * len(correct))}
@@ -30,24 +30,28 @@ def score(samples: list[list], golds: list[str], pass_at: list[int]) -> tuple[di
         metrics[f"pass@{k}"] = sum(pass_at_k(n, sum(c), k) for c in correct) / len(correct)
     metrics["mean_response_tokens"] = sum(lengths) / len(lengths)
     metrics["tokens_generated"] = sum(lengths)
+    metrics["truncated_fraction"] = sum(s.truncated for group in samples for s in group) / len(lengths)
     return metrics, correct
 
 
-def evaluate(profile: Profile, model_path: str, out: Path, seed: int) -> dict:
-    """Sample `samples` completions per problem on every benchmark of the profile."""
+def evaluate(profile: Profile, spec: EvaluateSpec, benchmarks: list[BenchmarkSpec], model_path: str, out: Path,
+             seed: int) -> dict:
+    """Sample `samples` completions per problem on every benchmark."""
     set_threads(profile.hardware)
-    spec = profile.evaluate
     metrics: dict[str, float] = {}
-    with stopwatch() as clock:
-        generator = make_generator(model_path, profile.generation, profile.hardware,
-                                   profile.data.chat_template_kwargs)
-        for bench in profile.data.benchmarks:
+    skipped: dict[str, dict] = {}
+    with stopwatch() as clock, open_generator(model_path, profile) as generator:
+        for bench in benchmarks:
             split = data.benchmark(bench, profile.data)
             convs = [data.messages(r["problem"], profile.data) for r in split.rows]
             samples = generator.generate(convs, spec, n=spec.samples, seed=seed)
-            scores, correct = score(samples, [r["answer"] for r in split.rows], spec.pass_at)
+            scores, correct = score(samples, [r["answer"] for r in split.rows], spec.pass_at, profile.data.checker)
             metrics.update({f"{bench.name}/{k}": v for k, v in scores.items()})
+            if split.skipped:
+                skipped[bench.name] = split.skipped
             write_jsonl(out / f"samples-{bench.name}.jsonl", (
-                {"id": r["id"], "answer": r["answer"], "completions": [s.text for s in group], "correct": ok}
-                for r, group, ok in zip(split.rows, samples, correct)))
-    return result(compute_s=clock["seconds"], metrics=metrics, samples=out)
+                {"id": r["id"], "prompt": c, "answer": r["answer"], "completions": [s.text for s in group],
+                 "num_tokens": [s.num_tokens for s in group], "truncated": [s.truncated for s in group],
+                 "correct": ok}
+                for r, c, group, ok in zip(split.rows, convs, samples, correct)))
+    return result(compute_s=clock["seconds"], metrics=metrics, samples=out, skipped_rows=skipped)

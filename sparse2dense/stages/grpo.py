@@ -2,55 +2,100 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from datasets import Dataset
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from .. import data
 from ..config import GRPOSpec, Profile
 from ..data import Split
-from ..models import load_model, load_tokenizer, set_threads
+from ..models import load_tokenizer, set_threads
 from ..verify import is_correct
-from .common import MODEL_DIR, checkpoint_step, log_summary, result, run_trainer, stopwatch, trainer_args, vllm_args
+from .common import (
+    MODEL_DIR,
+    checkpoint_step,
+    is_main_process,
+    last_checkpoint,
+    log_summary,
+    result,
+    run_trainer,
+    stopwatch,
+    trainer_args,
+    vllm_args,
+)
 
 
-def correctness_reward(completions, answer, **_) -> list[float]:
-    """1 when the last boxed answer is right, else 0; TRL passes dataset columns by name."""
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [float(is_correct(t, a)) for t, a in zip(texts, answer)]
+class LabelLedger(TrainerCallback):
+    """The 0/1 reward, and a record of which labeled problems it actually read.
+
+    The record travels with every checkpoint, so a resumed run still counts what it read before.
+    """
+
+    def __init__(self, checker: str):
+        self.checker = checker
+        self.seen: set[str] = set()
+
+    def correctness(self, completions, answer, id, **_) -> list[float]:
+        """1 when the last boxed answer is right, else 0; TRL passes dataset columns by name."""
+        self.seen.update(id)
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(is_correct(t, a, self.checker)) for t, a in zip(texts, answer)]
+
+    def on_save(self, args, state, control, **kwargs):
+        self._write(Path(args.output_dir) / f"checkpoint-{state.global_step}", args.process_index)
+
+    def restore(self, checkpoint: str | None) -> None:
+        if checkpoint:
+            self.seen |= _read_seen(Path(checkpoint))
+
+    def total(self, trainer, out: Path) -> int:
+        """Distinct labels read by every process together."""
+        self._write(out, trainer.args.process_index)
+        trainer.accelerator.wait_for_everyone()
+        return len(_read_seen(out)) if is_main_process() else 0
+
+    def _write(self, folder: Path, rank: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"labels_seen-{rank}.json").write_text(json.dumps(sorted(self.seen)))
+
+
+def _read_seen(folder: Path) -> set[str]:
+    return {i for f in folder.glob("labels_seen-*.json") for i in json.loads(f.read_text())}
 
 
 def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: Path, seed: int,
          callbacks=(), new_labels: bool = True) -> dict:
     """GRPO from `model_path` on the labeled `split`; `new_labels=False` marks a replay of spent labels."""
     set_threads(profile.hardware)
+    ledger = LabelLedger(profile.data.checker)
     with stopwatch() as clock:
-        tokenizer = load_tokenizer(model_path)
-        dataset = Dataset.from_list(
-            [{"prompt": data.messages(r["problem"], profile.data), "answer": r["answer"]} for r in split.rows])
+        tokenizer = load_tokenizer(model_path, profile.models.trust_remote_code)
+        dataset = Dataset.from_list([{"prompt": data.messages(r["problem"], profile.data), "answer": r["answer"],
+                                      "id": r["id"]} for r in split.rows])
         trainer = GRPOTrainer(
-            model=load_model(model_path, profile.hardware), reward_funcs=correctness_reward,
-            args=grpo_config(profile, spec, out, seed), train_dataset=dataset,
-            processing_class=tokenizer, callbacks=list(callbacks),
+            model=model_path, reward_funcs=ledger.correctness, args=grpo_config(profile, spec, out, seed),
+            train_dataset=dataset, processing_class=tokenizer, callbacks=[ledger, *callbacks],
         )
-        history, resume = run_trainer(trainer, tokenizer, out)
-    # Distinct labeled problems the sampler drew: every prompt once per pass over the split.
-    drawn = min(len(split.rows), spec.steps * spec.prompts_per_step)
+        ledger.restore(last_checkpoint(out))
+        history, resume = run_trainer(trainer, out)
+        read = ledger.total(trainer, out)
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),
-                  labels_used=drawn if new_labels else 0, labels_on=split.name,
-                  metrics={"steps": trainer.state.global_step, **log_summary(history, "reward")})
+                  labels_used=read if new_labels else 0, labels_on=split.name,
+                  metrics={"steps": trainer.state.global_step, "labels_read": read, **log_summary(history, "reward")})
 
 
 def grpo_config(profile: Profile, spec: GRPOSpec, out: Path, seed: int) -> GRPOConfig:
-    completions = spec.prompts_per_step * spec.num_generations
-    accumulation = completions // spec.micro_batch
+    args = trainer_args(spec, profile.hardware, out, seed, spec.steps,
+                        per_step=spec.prompts_per_step * spec.num_generations, micro_batch=spec.micro_batch)
     return GRPOConfig(
-        **trainer_args(spec, profile.hardware, out, seed, spec.steps),
-        per_device_train_batch_size=spec.micro_batch, gradient_accumulation_steps=accumulation,
-        steps_per_generation=accumulation * spec.steps_per_generation,
+        **args, steps_per_generation=args["gradient_accumulation_steps"] * spec.steps_per_generation,
         num_generations=spec.num_generations, temperature=spec.temperature,
         max_completion_length=spec.max_completion_length, epsilon=spec.epsilon, epsilon_high=spec.epsilon_high,
+        delta=spec.dual_clip, vllm_importance_sampling_correction=spec.importance_sampling_correction,
         loss_type=spec.loss_type, beta=spec.beta, chat_template_kwargs=profile.data.chat_template_kwargs or None,
+        model_init_kwargs={"dtype": "float32", "trust_remote_code": profile.models.trust_remote_code},
         **vllm_args(profile),
     )

@@ -1,0 +1,169 @@
+"""Launched nodes: one node in its own process group, a plain process or `accelerate launch` over several.
+
+The launcher writes `<node>/spec.json` (the node, its inputs' manifests, the profile, where to
+track), starts `python -m sparse2dense.node spec.json` (or `accelerate launch ... -m
+sparse2dense.node spec.json`, once per machine of a gang), streams every line it prints to
+`on_line`, and kills the whole group on a timeout or when the launcher itself is stopped. Each
+rank also watches the launcher's pid and ends its group if the launcher dies, so a killed grid
+leaves nothing training on behind it. GPU memory is free again when the processes end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from importlib import resources as package_files
+from pathlib import Path
+
+from .config import Profile, ResourceSpec
+from .dag import MANIFEST, NodeSpec
+from .models import device_for
+from .runner import NodeTimeout
+from .servers import free_port
+from .stages.common import write_json
+
+SPEC = "spec.json"
+KILL_GRACE_S = 10
+_RUNNING: set[int] = set()  # process groups this process started and has not reaped yet
+_LOCK = threading.Lock()
+
+
+class NodeFailed(RuntimeError):
+    """A launched node's processes failed; the message ends with the last lines they printed."""
+
+
+def run_launched(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root: Path, resources: ResourceSpec,
+                 tracking: dict, on_line=print) -> dict:
+    """Run `node` in its own process group(s); returns the manifest its main process wrote."""
+    import json
+
+    out = Path(root) / node.kind / node.key
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / SPEC
+    write_json(spec_path, {"node": node.to_json(), "inputs": inputs, "profile": profile.model_dump(mode="json"),
+                           "root": str(root), "tracking": tracking, "launcher_pid": os.getpid()})
+    commands = launch_commands(resources, spec_path, cpu=device_for(profile.hardware) == "cpu")
+    tail: deque[str] = deque(maxlen=40)
+    procs = [_start(cmd) for cmd in commands]
+    readers = [threading.Thread(target=_pump, args=(p, on_line, tail), daemon=True) for p in procs]
+    for reader in readers:
+        reader.start()
+    try:
+        codes = _wait(procs, resources.timeout_s)
+    finally:
+        for proc in procs:
+            kill_group(proc.pid)
+        for reader in readers:
+            reader.join(timeout=5)
+    if codes is None:
+        raise NodeTimeout(f"{node.kind} {node.name} [{node.key[:8]}] ran past its limit of {resources.timeout_s}s "
+                          f"and was stopped; its last checkpoint stays for the next run")
+    if any(codes):
+        raise NodeFailed(f"{node.kind} {node.name} [{node.key[:8]}] exited with {codes}:\n" + "\n".join(tail))
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        raise NodeFailed(f"{node.kind} {node.name} [{node.key[:8]}] ended without writing {manifest}")
+    return json.loads(manifest.read_text())
+
+
+def launch_commands(resources: ResourceSpec, spec_path: Path, cpu: bool) -> list[list[str]]:
+    """The command line for each machine of the node (one for a single machine)."""
+    entry = ["-m", "sparse2dense.node", str(spec_path)]
+    if resources.launch == "process":
+        return [[sys.executable, *entry]]
+    port = free_port()
+    return [[sys.executable, "-m", "accelerate.commands.launch", *accelerate_flags(resources, cpu, rank, port), *entry]
+            for rank in range(resources.machines)]
+
+
+def accelerate_flags(resources: ResourceSpec, cpu: bool, machine_rank: int, port: int,
+                     main_ip: str = "127.0.0.1") -> list[str]:
+    """`accelerate launch` flags: TRL's shipped config for the strategy, plus this node's sizes.
+
+    A gang launched here runs its machines on this host over loopback (how the tests simulate
+    machines); the Ray runner places each machine's launch and passes the main host's address.
+    """
+    flags = ["--config_file", str(config_file(resources, cpu)),
+             "--num_processes", str(resources.world_size), "--num_machines", str(resources.machines),
+             "--machine_rank", str(machine_rank), "--main_process_ip", main_ip, "--main_process_port", str(port)]
+    if cpu:
+        flags.append("--cpu")
+    if resources.offload and resources.strategy == "zero3":
+        flags += ["--offload_optimizer_device", "cpu", "--offload_param_device", "cpu"]
+    if resources.offload and resources.strategy == "fsdp2":
+        flags += ["--fsdp_offload_params", "true"]
+    return flags
+
+
+def config_file(resources: ResourceSpec, cpu: bool) -> Path:
+    """TRL's accelerate configs (trl/accelerate_configs/), or ours for DDP on CPU, which TRL does not ship."""
+    if cpu and resources.strategy == "ddp":
+        return Path(__file__).resolve().parent / "accelerate_configs" / "multi_cpu.yaml"
+    name = {"ddp": "multi_gpu.yaml", "zero3": "zero3.yaml", "fsdp2": "fsdp2.yaml"}[resources.strategy]
+    return Path(str(package_files.files("trl") / "accelerate_configs" / name))
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    with _LOCK:
+        _RUNNING.add(proc.pid)
+    return proc
+
+
+def _pump(proc: subprocess.Popen, on_line, tail: deque) -> None:
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        on_line(line)
+
+
+def _wait(procs: list[subprocess.Popen], timeout_s: int | None) -> list[int] | None:
+    """Exit codes once every process ended (a gang stops when one machine fails); None on timeout."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+            return [c if c is not None else -signal.SIGKILL for c in codes]
+        if deadline and time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
+def kill_group(pid: int) -> None:
+    """SIGTERM the process group, SIGKILL whatever is left after a grace period."""
+    with _LOCK:
+        _RUNNING.discard(pid)
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _group_alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def kill_all() -> int:
+    """Kill every group this process launched (on SIGINT/SIGTERM of the grid); returns how many."""
+    with _LOCK:
+        running = list(_RUNNING)
+    for pid in running:
+        kill_group(pid)
+    return len(running)
+

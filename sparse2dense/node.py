@@ -1,0 +1,59 @@
+"""A launched node's entry point: `python -m sparse2dense.node <node folder>/spec.json`.
+
+The same command runs under `accelerate launch` on any number of processes: every rank runs the
+stage, the main process writes the manifest and the MLflow records. A watchdog ends the whole
+process group if the launcher (the grid's process) disappears, so nothing trains on unowned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import Profile
+from .dag import NodeSpec
+from .runner import run_node
+from .stages.common import is_main_process
+
+WATCH_EVERY_S = 2.0
+
+
+def watch_launcher(pid: int) -> None:
+    """End this process group once `pid` is gone (the launcher was killed, even by SIGKILL)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_EVERY_S)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="launcher-watchdog").start()
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    watch_launcher(spec["launcher_pid"])
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("sparse2dense").setLevel(logging.INFO)
+    profile = Profile.model_validate(spec["profile"])
+    tracking = spec["tracking"]
+    tracker = None
+    if is_main_process() and tracking.get("experiment"):
+        from .tracking import Tracker
+
+        tracker = Tracker(tracking["experiment"])
+    run_node(profile, NodeSpec(**spec["node"]), spec["inputs"], Path(spec["root"]), tracker, tracking.get("tags"),
+             timeout_s=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
