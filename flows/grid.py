@@ -96,7 +96,7 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
             continue
         # refresh_cache: the node folders are the source of truth, not a Prefect record of a deleted folder.
         submit = tasks[node.kind].with_options(refresh_cache=True).submit
-        with node_resources(prof.resources.of(node.kind)):
+        with node_resources(prof.resources.of(node.kind, node.params.get("settings"))):
             results[key] = submit(node, {role: results[parent.key] for role, parent in node.inputs}, shared)
 
     failed = {}

@@ -64,12 +64,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_grid(args) -> int:
+    plan = _plan(args)  # validate the whole configuration before Prefect starts anything
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sparse2dense")
     from flows import GridFailed, ablation_grid, with_runner
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    plan = _plan(args)  # validate the whole configuration before Prefect starts anything
     grid = with_runner(ablation_grid, args.runner, args.address)
     try:
         grid(profile=args.profile, grid=args.grid, arms=args.arms, seeds=args.seeds,

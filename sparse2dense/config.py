@@ -334,36 +334,51 @@ class ResourceSpec(Strict):
     offload: bool = Field(False, description="parameters and optimizer state on CPU (zero3 and fsdp2)")
     timeout_s: PositiveInt | None = Field(None, description="wall-clock limit of one attempt")
 
-    @model_validator(mode="after")
-    def _launchable(self):
+    def problem(self) -> str | None:
+        """Checked once a kind's entry is merged over `default` (an entry alone may list one field)."""
         if (self.processes > 1 or self.machines > 1) and self.launch != "accelerate":
-            raise ValueError("several processes or machines need launch: accelerate")
+            return "several processes or machines need launch: accelerate"
         if self.offload and self.strategy == "ddp":
-            raise ValueError("offload needs strategy zero3 or fsdp2")
-        return self
+            return "offload needs strategy zero3 or fsdp2"
+        return None
 
     @property
     def world_size(self) -> int:
         return self.processes * self.machines
 
 
+_ACCELERATE_ONLY = ("processes", "machines", "strategy", "offload")
+
+
 class ResourcesSpec(Strict):
-    """Per node kind; a kind not listed takes `default`, field by field."""
+    """Per node kind; what a kind lists overrides `default` field by field (a kind that is not launched with
+    accelerate drops processes, machines, strategy and offload). `student_grpo` is for grpo and replay nodes
+    on the student (direct GRPO, Stage 3, replay), where it differs from the teacher's `grpo`."""
 
     default: ResourceSpec = ResourceSpec()
     base: ResourceSpec | None = None
     grpo: ResourceSpec | None = None
+    student_grpo: ResourceSpec | None = None
     replay: ResourceSpec | None = None
     rollouts: ResourceSpec | None = None
     forward_kl: ResourceSpec | None = None
     opd: ResourceSpec | None = None
     evaluate: ResourceSpec | None = None
 
-    def of(self, kind: str) -> ResourceSpec:
-        own = getattr(self, kind)
-        if own is None:
-            return self.default
-        return ResourceSpec(**{**self.default.model_dump(exclude_unset=True), **own.model_dump(exclude_unset=True)})
+    def of(self, kind: str, settings: str | None = None) -> ResourceSpec:
+        """The resources of a node of `kind` (`settings`: the GRPO section a grpo or replay node uses)."""
+        layers = [self.default, getattr(self, kind)]
+        if settings == "student_grpo":
+            layers.append(self.student_grpo)
+        merged: dict = {}
+        for layer in layers:
+            merged |= layer.model_dump(exclude_unset=True) if layer else {}
+        if merged.get("launch", "inline") != "accelerate":  # a kind that runs unlaunched drops the sharding
+            merged = {k: v for k, v in merged.items() if k not in _ACCELERATE_ONLY}
+        resources = ResourceSpec(**merged)
+        if problem := resources.problem():
+            raise ValueError(f"resources.{settings or kind}: {problem}")
+        return resources
 
 
 class Profile(Strict):
@@ -400,6 +415,8 @@ class Profile(Strict):
             raise ValueError("toy models go with toy data, hub models with hub data")
         if self.generation.backend == "vllm" and self.hardware.device == "cpu":
             raise ValueError("generation.backend 'vllm' needs hardware.device 'cuda' or 'auto'")
+        for kind in NODE_KINDS:
+            self.resources.of(kind)  # each kind's merged entry must be launchable
         for kind in ("rollouts", "evaluate"):
             if self.resources.of(kind).world_size > 1:
                 raise ValueError(f"resources.{kind}: generation runs in one process (use gpus and "
@@ -408,23 +425,23 @@ class Profile(Strict):
         return self
 
     def _check_world_sizes(self) -> None:
-        """Each training kind's batch must split evenly over its processes."""
-        sections = {"grpo": [self.grpo, self.student_grpo], "replay": [self.student_grpo],
-                    "forward_kl": [self.forward_kl], "opd": [self.opd]}
-        for kind, specs in sections.items():
-            resources = self.resources.of(kind)
-            world = resources.world_size
-            for spec in specs:
-                what, units = spec.batch_units()
-                if units % world:
-                    raise ValueError(f"resources.{kind}: {world} processes must divide {what} ({units})")
+        """Each training node's batch must split evenly over its processes."""
+        nodes = [("grpo", None, self.grpo), ("grpo", "student_grpo", self.student_grpo),
+                 ("replay", "student_grpo", self.student_grpo), ("forward_kl", None, self.forward_kl),
+                 ("opd", None, self.opd)]
+        for kind, settings, spec in nodes:
+            world = self.resources.of(kind, settings).world_size
+            where = f"resources.{settings or kind}"
+            what, units = spec.batch_units()
+            if units % world:
+                raise ValueError(f"{where}: {world} processes must divide {what} ({units})")
             colocated = self.generation.colocate_tensor_parallel_size
-            if kind in ("grpo", "replay", "opd") and world % colocated:
-                raise ValueError(f"generation.colocate_tensor_parallel_size ({colocated}) must divide "
-                                 f"resources.{kind} processes ({world}): TRL runs colocated vLLM in each rank")
+            if kind != "forward_kl" and world % colocated:
+                raise ValueError(f"generation.colocate_tensor_parallel_size ({colocated}) must divide the "
+                                 f"{world} processes of {where}: TRL runs colocated vLLM in each rank")
+        world = self.resources.of("base").world_size
         for role in ("teacher", "student"):
             pretrain = getattr(self.models, role).pretrain
-            world = self.resources.of("base").world_size
             if pretrain and pretrain.batch_size % world:
                 raise ValueError(f"resources.base: {world} processes must divide "
                                  f"models.{role}.pretrain.batch_size ({pretrain.batch_size})")

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from .config import Profile, ResourceSpec
 from .dag import MANIFEST, NodeSpec
-from .models import device_for
 from .runner import NodeTimeout
 from .servers import free_port
 from .stages.common import write_json
@@ -47,7 +46,7 @@ def run_launched(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root
     spec_path = out / SPEC
     write_json(spec_path, {"node": node.to_json(), "inputs": inputs, "profile": profile.model_dump(mode="json"),
                            "root": str(root), "tracking": tracking, "launcher_pid": os.getpid()})
-    commands = launch_commands(resources, spec_path, cpu=device_for(profile.hardware) == "cpu")
+    commands = launch_commands(resources, spec_path)
     tail: deque[str] = deque(maxlen=40)
     procs = [_start(cmd) for cmd in commands]
     readers = [threading.Thread(target=_pump, args=(p, on_line, tail), daemon=True) for p in procs]
@@ -71,28 +70,27 @@ def run_launched(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root
     return json.loads(manifest.read_text())
 
 
-def launch_commands(resources: ResourceSpec, spec_path: Path, cpu: bool) -> list[list[str]]:
+def launch_commands(resources: ResourceSpec, spec_path: Path) -> list[list[str]]:
     """The command line for each machine of the node (one for a single machine)."""
     entry = ["-m", "sparse2dense.node", str(spec_path)]
     if resources.launch == "process":
         return [[sys.executable, *entry]]
     port = free_port()
-    return [[sys.executable, "-m", "accelerate.commands.launch", *accelerate_flags(resources, cpu, rank, port), *entry]
+    return [[sys.executable, "-m", "accelerate.commands.launch", *accelerate_flags(resources, rank, port), *entry]
             for rank in range(resources.machines)]
 
 
-def accelerate_flags(resources: ResourceSpec, cpu: bool, machine_rank: int, port: int,
-                     main_ip: str = "127.0.0.1") -> list[str]:
+def accelerate_flags(resources: ResourceSpec, machine_rank: int, port: int, main_ip: str = "127.0.0.1") -> list[str]:
     """`accelerate launch` flags: TRL's shipped config for the strategy, plus this node's sizes.
 
-    A gang launched here runs its machines on this host over loopback (how the tests simulate
-    machines); the Ray runner places each machine's launch and passes the main host's address.
+    DDP goes through torchrun (TRL's multi_gpu.yaml) on GPUs and CPUs alike: on a CPU profile the
+    trainer's `use_cpu` makes the ranks join over gloo. A gang launched here runs its machines on
+    this host over loopback (how the tests simulate machines); the Ray runner places each
+    machine's launch and passes the main host's address.
     """
-    flags = ["--config_file", str(config_file(resources, cpu)),
+    flags = ["--config_file", str(config_file(resources)),
              "--num_processes", str(resources.world_size), "--num_machines", str(resources.machines),
              "--machine_rank", str(machine_rank), "--main_process_ip", main_ip, "--main_process_port", str(port)]
-    if cpu:
-        flags.append("--cpu")
     if resources.offload and resources.strategy == "zero3":
         flags += ["--offload_optimizer_device", "cpu", "--offload_param_device", "cpu"]
     if resources.offload and resources.strategy == "fsdp2":
@@ -100,10 +98,8 @@ def accelerate_flags(resources: ResourceSpec, cpu: bool, machine_rank: int, port
     return flags
 
 
-def config_file(resources: ResourceSpec, cpu: bool) -> Path:
-    """TRL's accelerate configs (trl/accelerate_configs/), or ours for DDP on CPU, which TRL does not ship."""
-    if cpu and resources.strategy == "ddp":
-        return Path(__file__).resolve().parent / "accelerate_configs" / "multi_cpu.yaml"
+def config_file(resources: ResourceSpec) -> Path:
+    """TRL's accelerate configs (trl/accelerate_configs/)."""
     name = {"ddp": "multi_gpu.yaml", "zero3": "zero3.yaml", "fsdp2": "fsdp2.yaml"}[resources.strategy]
     return Path(str(package_files.files("trl") / "accelerate_configs" / name))
 

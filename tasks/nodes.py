@@ -36,7 +36,7 @@ def _run(node: Node, inputs: dict[str, dict], run: dict) -> dict:
     if done:
         return done  # computed meanwhile, e.g. by another grid on the same root
     profile, tracking = run["profile"], run["tracking"]
-    resources = profile.resources.of(node.kind)
+    resources = profile.resources.of(node.kind, node.params.get("settings"))
     if resources.launch == "inline":
         from sparse2dense.runner import run_node
         from sparse2dense.tracking import Tracker
