@@ -313,6 +313,15 @@ class HardwareSpec(Strict):
         "fp32", description="bf16: bf16 compute over fp32 master weights (trained models), bf16 weights (frozen)")
     num_threads: PositiveInt | None = Field(None, description="torch CPU threads; all cores when omitted")
     gradient_checkpointing: bool = False
+    # What `s2d plan` assumes of the accelerator (planning only: no node's key or behaviour depends on these).
+    gpu_name: str = Field("H100-80GB", description="the accelerator the compute plan assumes")
+    gpu_peak_tflops: float = Field(989.0, gt=0, description="dense bf16 peak per device in TFLOP/s "
+                                                            "(H100 and H200 SXM: 989)")
+    gpu_memory_gib: float = Field(80.0, gt=0, description="memory per device in GiB (H100: 80, H200: 141 GB = 131)")
+    train_utilization: Probability = Field(0.35, description="fraction of the peak that training and scoring "
+                                                             "passes achieve (MFU)")
+    generation_utilization: Probability = Field(0.15, description="fraction of the peak that sampling achieves "
+                                                                  "(decoding is memory-bound)")
 
 
 # --- how nodes run ----------------------------------------------------------------------
