@@ -1,6 +1,6 @@
 """`s2d`: plan, run and report the allocation grid.
 
-    s2d plan --profile toy                 # nodes, keys, cached / stale / pending
+    s2d plan --profile toy                 # nodes, keys, cached / stale / pending, GPU-hours, memory
     s2d grid --profile toy --seeds 0,1     # run (Prefect, local mode unless PREFECT_API_URL is set)
     s2d report --profile toy --format md   # the comparison from what is on disk
     s2d ui [stop]                          # Prefect and MLflow servers on 127.0.0.1
@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 
-from . import dag
+from . import cost, dag
 from . import report as comparison
 from .config import ConfigError, load_grid, load_profile
 
@@ -40,15 +40,18 @@ def _plan(args) -> dag.Plan:
 
 def cmd_plan(args) -> int:
     plan, root = _plan(args), dag.artifacts_root(args.artifacts)
+    costs = cost.estimate(plan, root)
     nodes = [{"key": k, "kind": n.kind, "name": n.name, "arms": plan.arms_of[k], "status": dag.status(root, n),
-              "inputs": {role: p.key for role, p in n.inputs}} for k, n in plan.nodes.items()]
+              "inputs": {role: p.key for role, p in n.inputs}} | costs.nodes[k].fields() for k, n in plan.nodes.items()]
     if args.format == "json":
         print(json.dumps(nodes, indent=2))
         return 0
     for n in nodes:
-        print(f"{n['status']:8} {n['kind']:10} {n['key']}  {n['name']:22} arms: {','.join(n['arms'])}")
+        print(f"{n['status']:8} {n['kind']:10} {n['key']}  {n['name']:22} {costs.nodes[n['key']].columns()} "
+              f"arms: {','.join(n['arms'])}")
     counts = {s: sum(n["status"] == s for n in nodes) for s in ("cached", "stale", "pending")}
     print(f"{len(nodes)} nodes: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print("\n".join(cost.describe(costs, plan, {n["key"]: n["status"] for n in nodes})))
     return 0
 
 
@@ -119,7 +122,7 @@ def cmd_ui(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s2d", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plan", help="list the grid's nodes and whether each is computed")
+    p = sub.add_parser("plan", help="list the grid's nodes, whether each is computed, and their GPU-hours and memory")
     _common(p)
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(run=cmd_plan)
