@@ -6,6 +6,8 @@ PROFILE ?= toy
 # CPU wheel pin for laptops and CI; on GPU hosts install the CUDA torch first and set TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
 
+RUNNER ?= local
+ADDRESS ?=
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 export PREFECT_PORT MLFLOW_PORT
@@ -39,10 +41,11 @@ ui: setup
 ui-stop: setup
 	$(BIN)/s2d ui stop
 
-# Serves ablation-grid/local against the servers of `make ui`; runs from the UI execute here.
+# Serves ablation-grid/local against the servers of `make ui`; runs from the UI execute here
+# (RUNNER=ray [ADDRESS=host:6379]: their nodes spread over a Ray cluster).
 serve: setup
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) \
-		$(BIN)/python -m flows.serve
+		$(BIN)/python -m flows.serve --runner $(RUNNER) $(if $(ADDRESS),--address $(ADDRESS))
 
 clean:
 	rm -rf artifacts mlflow.db mlruns

@@ -20,8 +20,9 @@ from prefect.runtime import flow_run
 
 from sparse2dense import dag
 from sparse2dense.config import config_names, load_grid, load_profile
-from sparse2dense.dag import artifacts_root
-from sparse2dense.tracking import Tracker, tracking_uri
+from sparse2dense.locations import artifacts_root, tracking_uri
+from sparse2dense.runner import sync_untracked
+from sparse2dense.tracking import Tracker
 from tasks import node_tasks, report_task
 
 from .runners import local_runner, node_resources
@@ -89,6 +90,7 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
     for key in todo:
         shutil.rmtree(dag.node_dir(root, plan.nodes[key]), ignore_errors=True)
     logger.info("%d nodes: %d to compute, %d done", len(plan.nodes), len(todo), len(plan.nodes) - len(todo))
+    sync_untracked(plan, root, Tracker(shared["tracking"]["experiment"]), shared["tracking"]["tags"], skip=todo)
     tasks, results = node_tasks(root), {}
     for key, node in plan.nodes.items():
         if key not in todo:
@@ -96,8 +98,9 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
             continue
         # refresh_cache: the node folders are the source of truth, not a Prefect record of a deleted folder.
         submit = tasks[node.kind].with_options(refresh_cache=True).submit
+        inputs = {role: results[parent.key] for role, parent in node.inputs}
         with node_resources(prof.resources.of(node.kind, node.params.get("settings"))):
-            results[key] = submit(node, {role: results[parent.key] for role, parent in node.inputs}, shared)
+            results[key] = submit(node, inputs, shared, dag.node_tags(plan, key))
 
     failed = {}
     for key in todo:
@@ -107,11 +110,10 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
     logger.info("%d nodes computed, %d failed", len(todo) - len(failed), len(failed))
 
     summary = report_task(plan, root)
-    _publish(tracker, grid_run, plan, root, summary, failed)
+    tracker.safely("publishing the comparison", _publish, tracker, grid_run, plan, root, summary, failed)
+    tracker.end_grid_run(grid_run, ok=not failed)
     if failed:
-        tracker.client.set_terminated(grid_run, status="FAILED")
         raise GridFailed("failed nodes:\n  " + "\n  ".join(failed.values()))
-    tracker.client.set_terminated(grid_run, status="FINISHED")
     return {"grid_run_id": grid_run, "report": summary["files"], "markdown": summary["markdown"],
             "nodes": len(plan.nodes), "computed": len(todo)}
 

@@ -2,7 +2,9 @@
 
     s2d plan --profile toy                 # nodes, keys, cached / stale / pending, GPU-hours, memory
     s2d grid --profile toy --seeds 0,1     # run (Prefect, local mode unless PREFECT_API_URL is set)
+    s2d grid --profile X --runner ray      # nodes side by side on a Ray cluster (--address ADDR)
     s2d report --profile toy --format md   # the comparison from what is on disk
+    s2d sync --profile toy                 # log nodes finished while MLflow was away
     s2d ui [stop]                          # Prefect and MLflow servers on 127.0.0.1
 """
 
@@ -13,11 +15,12 @@ import json
 import logging
 import os
 import sys
-import warnings
 
-from . import cost, dag
+from . import cost, dag, stopping
 from . import report as comparison
 from .config import ConfigError, load_grid, load_profile
+from .console import quiet_logs
+from .locations import artifacts_root
 
 
 def _csv(kind):
@@ -39,7 +42,7 @@ def _plan(args) -> dag.Plan:
 
 
 def cmd_plan(args) -> int:
-    plan, root = _plan(args), dag.artifacts_root(args.artifacts)
+    plan, root = _plan(args), artifacts_root(args.artifacts)
     costs = cost.estimate(plan, root)
     nodes = [{"key": k, "kind": n.kind, "name": n.name, "arms": plan.arms_of[k], "status": dag.status(root, n),
               "inputs": {role: p.key for role, p in n.inputs}} | costs.nodes[k].fields() for k, n in plan.nodes.items()]
@@ -55,8 +58,25 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    """Log to MLflow the finished nodes whose tracking server was away when they ended."""
+    from . import preflight
+    from .runner import sync_untracked
+    from .tracking import Tracker
+
+    plan = _plan(args)
+    problems = preflight._tracking()
+    if problems:
+        print("\n".join(f"s2d sync: {p}" for p in problems), file=sys.stderr)
+        return 2
+    tracker = Tracker(f"s2d-{plan.profile.name}")
+    synced = sync_untracked(plan, artifacts_root(args.artifacts), tracker, {"s2d.profile": plan.profile.name})
+    print(f"{synced} node(s) logged to MLflow" + ("" if tracker.complete else "; some calls failed, run it again"))
+    return 0 if tracker.complete else 1
+
+
 def cmd_report(args) -> int:
-    table = comparison.rows(_plan(args), dag.artifacts_root(args.artifacts))
+    table = comparison.rows(_plan(args), artifacts_root(args.artifacts))
     if args.format == "json":
         print(json.dumps([{k: v for k, v in r.items() if not k.endswith("_key")} for r in table], indent=2))
     elif args.format == "csv":
@@ -67,36 +87,35 @@ def cmd_report(args) -> int:
 
 
 def cmd_grid(args) -> int:
+    from . import preflight
+
     plan = _plan(args)  # validate the whole configuration before Prefect starts anything
+    problems = preflight.problems(plan, artifacts_root(args.artifacts))
+    if problems:
+        print("\n".join(f"s2d grid: {p}" for p in problems), file=sys.stderr)
+        return 2
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sparse2dense")
     from flows import GridFailed, ablation_grid, with_runner
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.runner == "ray":
+        from flows.runners import ray_problems
+
+        problems = ray_problems(plan.profile, artifacts_root(args.artifacts), args.address)
+        if problems:
+            print("\n".join(f"s2d grid: {p}" for p in problems), file=sys.stderr)
+            return 2
     grid = with_runner(ablation_grid, args.runner, args.address)
+    stopping.install("s2d grid")
     try:
         grid(profile=args.profile, grid=args.grid, arms=args.arms, seeds=args.seeds,
              labeled_budget=args.labeled_budget, refresh=args.refresh or [], artifacts=args.artifacts)
     except GridFailed as err:
-        print(comparison.markdown(comparison.rows(plan, dag.artifacts_root(args.artifacts))))
+        print(comparison.markdown(comparison.rows(plan, artifacts_root(args.artifacts))))
         print(f"s2d grid: {err}", file=sys.stderr)
         return 1
-    print(comparison.markdown(comparison.rows(plan, dag.artifacts_root(args.artifacts))))
+    print(comparison.markdown(comparison.rows(plan, artifacts_root(args.artifacts))))
     return 0
-
-
-def _quiet_logs() -> None:
-    """Progress lines from sparse2dense; warnings only from the libraries underneath."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("sparse2dense").setLevel(logging.INFO)
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # timeouts are off in worker threads by design
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def cmd_ui(args) -> int:
@@ -121,6 +140,7 @@ def cmd_ui(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s2d", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a refused input")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="list the grid's nodes, whether each is computed, and their GPU-hours and memory")
     _common(p)
@@ -135,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="local: nodes in this process or launched from it; ray: nodes side by side on Ray")
     p.add_argument("--address", default=None, help="Ray cluster address (ray runner; default: start a local Ray)")
     p.set_defaults(run=cmd_grid)
+    p = sub.add_parser("sync", help="log to MLflow the nodes that finished while the tracking server was away")
+    _common(p)
+    p.set_defaults(run=cmd_sync)
     p = sub.add_parser("report", help="print the comparison of what is computed")
     _common(p)
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
@@ -144,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", default=".run", help="pid and log files (default: .run)")
     p.set_defaults(run=cmd_ui)
     args = parser.parse_args(argv)
-    _quiet_logs()
+    quiet_logs()
     try:
         return args.run(args)
     except (ConfigError, ValueError) as err:
+        if args.debug:
+            raise
         print(f"s2d: {err}", file=sys.stderr)
         return 2
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -23,6 +22,7 @@ log = logging.getLogger("sparse2dense")
 # Bump a kind's version when its behaviour changes: its nodes (and all downstream) get new keys.
 VERSIONS = {"base": 2, "grpo": 2, "replay": 2, "rollouts": 2, "forward_kl": 2, "opd": 2, "evaluate": 2}
 MANIFEST = "manifest.json"
+SPEC = "spec.json"  # what a launched node reads: written before it runs, not one of its results
 
 
 def canonical(obj) -> str:
@@ -195,6 +195,11 @@ def _build(name: str, grid: Grid, profile: Profile, seed: int, built: dict[str, 
     return built[name]
 
 
+def node_tags(plan: Plan, key: str) -> dict[str, str]:
+    """What MLflow groups a node's run by: every arm it serves, its seed (base models serve every seed)."""
+    return {"s2d.arm": ",".join(plan.arms_of[key]), "s2d.seed": str(plan.nodes[key].params.get("seed", "all"))}
+
+
 def lineage(node: Node) -> list[Node]:
     """The node and everything upstream of it, inputs first."""
     order: list[Node] = []
@@ -213,11 +218,6 @@ def lineage(node: Node) -> list[Node]:
 
 
 # --- on disk --------------------------------------------------------------------------
-
-
-def artifacts_root(artifacts: str | None = None) -> Path:
-    """--artifacts, else $S2D_ARTIFACTS, else ./artifacts."""
-    return Path(artifacts or os.environ.get("S2D_ARTIFACTS", "artifacts")).resolve()
 
 
 def node_dir(root: Path, node: Node) -> Path:

@@ -21,12 +21,11 @@ from importlib import resources as package_files
 from pathlib import Path
 
 from .config import Profile, ResourceSpec
-from .dag import MANIFEST, NodeSpec
+from .dag import MANIFEST, SPEC, NodeSpec
 from .runner import NodeTimeout
 from .servers import free_port
 from .stages.common import write_json
 
-SPEC = "spec.json"
 KILL_GRACE_S = 10
 _RUNNING: set[int] = set()  # process groups this process started and has not reaped yet
 _LOCK = threading.Lock()
@@ -45,29 +44,48 @@ def run_launched(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / SPEC
     write_json(spec_path, {"node": node.to_json(), "inputs": inputs, "profile": profile.model_dump(mode="json"),
-                           "root": str(root), "tracking": tracking, "launcher_pid": os.getpid()})
-    commands = launch_commands(resources, spec_path)
+                           "root": str(root), "tracking": tracking})
+    label = f"{node.kind} {node.name} [{node.key[:8]}]"
+    if resources.machines > 1 and _in_ray_worker():
+        from .ray_gang import run_gang
+
+        codes, tail = run_gang(resources, spec_path, on_line)
+    else:
+        codes, tail = _run_here(launch_commands(resources, spec_path), resources.timeout_s, on_line)
+    if codes is None:
+        raise NodeTimeout(f"{label} ran past its limit of {resources.timeout_s}s and was stopped; "
+                          "its last checkpoint stays for the next run")
+    if any(codes):
+        raise NodeFailed(f"{label} exited with {codes}:\n" + "\n".join(tail))
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        raise NodeFailed(f"{label} ended without writing {manifest}")
+    return json.loads(manifest.read_text())
+
+
+def _run_here(commands: list[list[str]], timeout_s: int | None, on_line) -> tuple[list[int] | None, deque]:
+    """Run every command in its own process group on this host; (exit codes or None on timeout, last lines)."""
     tail: deque[str] = deque(maxlen=40)
     procs = [_start(cmd) for cmd in commands]
     readers = [threading.Thread(target=_pump, args=(p, on_line, tail), daemon=True) for p in procs]
     for reader in readers:
         reader.start()
     try:
-        codes = _wait(procs, resources.timeout_s)
+        codes = _wait(procs, timeout_s)
     finally:
         for proc in procs:
             kill_group(proc.pid)
         for reader in readers:
             reader.join(timeout=5)
-    if codes is None:
-        raise NodeTimeout(f"{node.kind} {node.name} [{node.key[:8]}] ran past its limit of {resources.timeout_s}s "
-                          f"and was stopped; its last checkpoint stays for the next run")
-    if any(codes):
-        raise NodeFailed(f"{node.kind} {node.name} [{node.key[:8]}] exited with {codes}:\n" + "\n".join(tail))
-    manifest = out / MANIFEST
-    if not manifest.exists():
-        raise NodeFailed(f"{node.kind} {node.name} [{node.key[:8]}] ended without writing {manifest}")
-    return json.loads(manifest.read_text())
+    return codes, tail
+
+
+def _in_ray_worker() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
 def launch_commands(resources: ResourceSpec, spec_path: Path) -> list[list[str]]:
@@ -105,8 +123,10 @@ def config_file(resources: ResourceSpec) -> Path:
 
 
 def _start(command: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    # The children watch this process (S2D_LAUNCHER_PID) and end their group if it dies.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "S2D_LAUNCHER_PID": str(os.getpid())}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     with _LOCK:
         _RUNNING.add(proc.pid)
     return proc

@@ -8,7 +8,6 @@ process group if the launcher (the grid's process) disappears, so nothing trains
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -16,7 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+from . import stopping
 from .config import Profile
+from .console import quiet_logs
 from .dag import NodeSpec
 from .runner import run_node
 from .stages.common import is_main_process
@@ -40,9 +41,9 @@ def watch_launcher(pid: int) -> None:
 
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    watch_launcher(spec["launcher_pid"])
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("sparse2dense").setLevel(logging.INFO)
+    watch_launcher(int(os.environ["S2D_LAUNCHER_PID"]))
+    stopping.install("sparse2dense.node")
+    quiet_logs(fmt="%(message)s")  # the launcher stamps each line it relays
     profile = Profile.model_validate(spec["profile"])
     tracking = spec["tracking"]
     tracker = None

@@ -15,7 +15,9 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import time
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,9 +25,9 @@ from transformers import TrainerCallback
 
 from . import data
 from .config import BenchmarkSpec, EvaluateSpec, ForwardKLSpec, GRPOSpec, ModelSpec, OPDSpec, Profile, RolloutsSpec
-from .dag import MANIFEST, NodeSpec, code_fingerprint
-from .stages.common import is_main_process, write_json
-from .tracking import Tracker
+from .dag import MANIFEST, SPEC, NodeSpec, code_fingerprint
+from .stages.common import CHECKPOINTS, is_main_process, write_json
+from .tracking import SPLITS_FILE, Tracker
 
 log = logging.getLogger("sparse2dense")
 
@@ -129,6 +131,7 @@ def run_node(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root: Pa
     callbacks = [tracker.progress(run_id, f"{node.kind} {node.name} [{node.key[:8]}]", planned_steps(node))] \
         if tracker else []
     deadline = Deadline(timeout_s) if timeout_s else None
+    started = _now()
     log.info("running %s %s [%s]", node.kind, node.name, node.key)
     try:
         result, used = run_stage(profile, node, inputs, out, callbacks + ([deadline] if deadline else []))
@@ -141,17 +144,59 @@ def run_node(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root: Pa
         raise
     if not main:
         return None
+    write_json(out / SPLITS_FILE, [{**s.describe(), "ids": [r["id"] for r in s.rows]} for s in used])
     manifest = {
-        **node.to_json(), "status": "completed", "mlflow_run_id": run_id, "code_fingerprint": code_fingerprint(),
-        "packages": package_versions(), "host": platform.node(), "pid": os.getpid(),
-        "splits": [s.describe() for s in used], **result, "files": _checksums(out),
+        **node.to_json(), "status": "completed", "mlflow_run_id": run_id, "mlflow_model_id": None, "tracked": False,
+        "code_fingerprint": code_fingerprint(), "packages": package_versions(), "host": platform.node(),
+        "pid": os.getpid(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started_at": started,
+        "finished_at": _now(), "splits": [s.describe() for s in used], **result, "files": _checksums(out),
     }
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)  # the node is done from here on, tracked or not
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # only a run in progress resumes from them
     if tracker:
-        tracker.log_result(run_id, node, out, manifest,
-                           [{**s.describe(), "ids": [r["id"] for r in s.rows]} for s in used])
-        tracker.end_node_run(run_id, ok=True)
+        manifest = record(tracker, node, out, manifest, inputs, run_id)
     return manifest
+
+
+def record(tracker: Tracker, node: NodeSpec, out: Path, manifest: dict, inputs: dict[str, dict],
+           run_id: str | None) -> dict:
+    """Log a finished node to MLflow from its folder and note in its manifest whether that went through.
+
+    Used as a node ends and again, by `sync`, for a node whose tracking server was away.
+    """
+    extra = tracker.log_result(run_id, node, out, manifest, inputs)
+    tracker.end_node_run(run_id, ok=True)
+    manifest = {**manifest, "mlflow_run_id": run_id, **extra}
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def sync(tracker: Tracker, node: NodeSpec, out: Path, manifest: dict, inputs: dict[str, dict],
+         tags: dict[str, str]) -> dict:
+    """Log a node computed while MLflow was unreachable: its run (curves included) and its results."""
+    run_id = manifest.get("mlflow_run_id") or tracker.start_node_run(node, out, tags)
+    tracker.log_curves(run_id, out)
+    return record(tracker, node, out, manifest, inputs, run_id)
+
+
+def sync_untracked(plan, root: Path, tracker: Tracker, tags: dict[str, str], skip: set[str] = frozenset()) -> int:
+    """Log every finished node of `plan` whose MLflow record is missing (its server was away); returns how many."""
+    from .dag import node_dir, node_tags, read_manifest
+
+    synced = 0
+    for key, node in plan.nodes.items():
+        manifest = read_manifest(root, node)
+        if key in skip or manifest is None or manifest.get("tracked", True):
+            continue
+        log.info("logging %s %s [%s] to MLflow (it finished while tracking was away)", node.kind, node.name, key[:8])
+        inputs = {role: read_manifest(root, parent) or {} for role, parent in node.inputs}
+        sync(tracker, node.spec(), node_dir(root, node), manifest, inputs, {**tags, **node_tags(plan, key)})
+        synced += 1
+    return synced
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
 
 
 def _checksums(out: Path) -> dict[str, dict]:
@@ -159,7 +204,7 @@ def _checksums(out: Path) -> dict[str, dict]:
     sums = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if path.is_file() and not rel.startswith("checkpoints/") and path.name not in (MANIFEST, "mlflow_run_id"):
+        if path.is_file() and not rel.startswith("checkpoints/") and rel not in (MANIFEST, "mlflow_run_id", SPEC):
             stat = path.stat()
             sums[rel] = {"sha256": _sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return sums

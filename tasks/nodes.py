@@ -29,13 +29,15 @@ def _node_key(_context, parameters) -> str:
     return parameters["node"].key
 
 
-def _run(node: Node, inputs: dict[str, dict], run: dict) -> dict:
-    """`run` carries what every node of a grid shares: the profile (read once), artifact root, tracking."""
+def _run(node: Node, inputs: dict[str, dict], run: dict, tags: dict[str, str]) -> dict:
+    """`run` carries what every node of a grid shares (the profile, read once, artifact root, tracking);
+    `tags` are the node's own (the arms it serves, its seed)."""
     root = Path(run["artifacts"])
     done = read_manifest(root, node)
     if done:
         return done  # computed meanwhile, e.g. by another grid on the same root
-    profile, tracking = run["profile"], run["tracking"]
+    profile = run["profile"]
+    tracking = {**run["tracking"], "tags": {**run["tracking"]["tags"], **tags}}
     resources = profile.resources.of(node.kind, node.params.get("settings"))
     if resources.launch == "inline":
         from sparse2dense.runner import run_node

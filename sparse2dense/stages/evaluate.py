@@ -39,7 +39,7 @@ def evaluate(profile: Profile, spec: EvaluateSpec, benchmarks: list[BenchmarkSpe
     """Sample `samples` completions per problem on every benchmark."""
     set_threads(profile.hardware)
     metrics: dict[str, float] = {}
-    skipped: dict[str, dict] = {}
+    benchmarks_read: dict[str, dict] = {}
     with stopwatch() as clock, open_generator(model_path, profile) as generator:
         for bench in benchmarks:
             split = data.benchmark(bench, profile.data)
@@ -47,11 +47,10 @@ def evaluate(profile: Profile, spec: EvaluateSpec, benchmarks: list[BenchmarkSpe
             samples = generator.generate(convs, spec, n=spec.samples, seed=seed)
             scores, correct = score(samples, [r["answer"] for r in split.rows], spec.pass_at, profile.data.checker)
             metrics.update({f"{bench.name}/{k}": v for k, v in scores.items()})
-            if split.skipped:
-                skipped[bench.name] = split.skipped
+            benchmarks_read[bench.name] = split.describe()
             write_jsonl(out / f"samples-{bench.name}.jsonl", (
                 {"id": r["id"], "prompt": c, "answer": r["answer"], "completions": [s.text for s in group],
                  "num_tokens": [s.num_tokens for s in group], "truncated": [s.truncated for s in group],
                  "correct": ok}
                 for r, c, group, ok in zip(split.rows, convs, samples, correct)))
-    return result(compute_s=clock["seconds"], metrics=metrics, samples=out, skipped_rows=skipped)
+    return result(compute_s=clock["seconds"], metrics=metrics, samples=out) | {"benchmarks": benchmarks_read}

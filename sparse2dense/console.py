@@ -1,0 +1,21 @@
+"""What a person sees in the terminal: sparse2dense's progress lines, the libraries' warnings only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def quiet_logs(fmt: str = "%(asctime)s %(message)s") -> None:
+    logging.basicConfig(level=logging.WARNING, format=fmt, datefmt="%H:%M:%S")
+    logging.getLogger("sparse2dense").setLevel(logging.INFO)
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its own timeout notices; ours bound it anyway
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

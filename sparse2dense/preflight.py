@@ -1,0 +1,166 @@
+"""Checks that run before any compute, so a grid that cannot finish is refused in seconds.
+
+Each problem is one line naming what is wrong and how to fix it; `s2d grid` prints them and
+exits with status 2. Nothing here loads a model or a dataset: configs, folders, the hub cache,
+a health check, the free disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from .config import BASE_MODELS, Profile, is_local
+from .dag import Plan, read_manifest
+from .locations import tracking_uri
+
+GIB = 2**30
+CHECKPOINT_BYTES_PER_PARAM = 4 + 8  # fp32 master weights and AdamW's two moments
+MODEL_BYTES_PER_PARAM = 4  # a trained model is saved with its fp32 weights
+
+
+def problems(plan: Plan, root: Path) -> list[str]:
+    """Everything that would stop `plan` from running, one line each (empty when it can start)."""
+    profile = plan.profile
+    found = _artifact_root(root)
+    found += _tracking()
+    found += _models(profile)
+    found += _data(profile)
+    if not found:
+        found += _disk(plan, root)
+    return found
+
+
+def _artifact_root(root: Path) -> list[str]:
+    probe = root / f".write-probe-{uuid.uuid4().hex}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_text("s2d")
+        probe.unlink()
+    except OSError as err:
+        return [f"the artifact root {root} is not writable ({err.strerror or err}): "
+                "choose another with --artifacts or S2D_ARTIFACTS"]
+    return []
+
+
+def _tracking() -> list[str]:
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return []
+                reason = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as err:
+            reason = str(getattr(err, "reason", err))
+        return [f"the MLflow tracking server {uri} does not answer ({reason}): start it (`make ui`) or unset "
+                "MLFLOW_TRACKING_URI to use a local SQLite store"]
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            return [f"MLFLOW_TRACKING_URI {uri}: the folder {folder} does not exist or is not writable"]
+    return []
+
+
+def _models(profile: Profile) -> list[str]:
+    from .identity import resolve_commit
+
+    found, vocab = [], {}
+    for role in BASE_MODELS:
+        spec = getattr(profile.models, role)
+        if spec.source != "hub":
+            continue
+        where = f"models.{role}.name"
+        if is_local(spec.name):
+            config = Path(spec.name).expanduser() / "config.json"
+            if not config.is_file():
+                found.append(f"{where}: {spec.name} is not a model folder (no config.json there)")
+                continue
+        elif resolve_commit(spec.name, spec.revision) is None:
+            found.append(f"{where}: {spec.name} cannot be resolved: the Hugging Face hub is unreachable and the "
+                         "local hub cache has no copy; download it first (`huggingface-cli download "
+                         f"{spec.name}`) or point {where} at a local folder")
+            continue
+        vocab[role] = _vocab_size(spec)
+        if vocab[role] and spec.vocab_size and vocab[role] != spec.vocab_size:
+            found.append(f"models.{role}.vocab_size is {spec.vocab_size}, but {spec.name} has {vocab[role]}")
+    if vocab.get("teacher") and vocab.get("student") and vocab["teacher"] != vocab["student"]:
+        found.append(f"the teacher's vocabulary ({vocab['teacher']}) differs from the student's "
+                     f"({vocab['student']}): token-level distillation needs one vocabulary")
+    return found
+
+
+def _vocab_size(spec) -> int | None:
+    from .cost import _local_config
+
+    path = _local_config(spec)
+    if path is None:
+        return None
+    config = json.loads(path.read_text())
+    return config.get("text_config", config).get("vocab_size")
+
+
+def _data(profile: Profile) -> list[str]:
+    d = profile.data
+    if d.source != "hub":
+        return []
+    found = []
+    paths = [("data.train_path", d.train_path, d.train_dataset)]
+    paths += [(f"data.benchmarks.{b.name}.path", b.path, b.source) for b in d.benchmarks]
+    for field, path, dataset in paths:
+        if path is not None and not Path(path).exists():
+            found.append(f"{field}: {path} does not exist (a local copy of {dataset} in its hub layout is expected)")
+        elif path is None and not _hub_dataset_reachable(dataset):
+            found.append(f"{field} is not set and {dataset} cannot be fetched: the Hugging Face hub is unreachable "
+                         f"and the local cache has no copy; set {field} to a local copy in the hub layout")
+    return found
+
+
+def _hub_dataset_reachable(name: str) -> bool:
+    from huggingface_hub import constants
+
+    from .hub_data import HUB_DATASETS
+
+    repo = HUB_DATASETS[name].repo_id
+    if (Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}").is_dir():
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().dataset_info(repo, timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+def _disk(plan: Plan, root: Path) -> list[str]:
+    """Room for the pending training nodes' models, and for the largest one's checkpoint while it trains."""
+    from .cost import TRAINING_KINDS, arch_of
+
+    params = {}
+    for role in BASE_MODELS:
+        arch, _ = arch_of(getattr(plan.profile.models, role))
+        params[role] = arch.params if arch else 0
+    pending = [n for n in plan.nodes.values() if n.kind in TRAINING_KINDS and read_manifest(root, n) is None
+               and not (n.kind == "base" and getattr(plan.profile.models, n.params["role"]).source == "hub")]
+    sizes = [params[_family(n)] for n in pending]
+    needed = MODEL_BYTES_PER_PARAM * sum(sizes) + 2 * CHECKPOINT_BYTES_PER_PARAM * max(sizes, default=0)
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        return [f"the artifact root {root} has {free / GIB:.1f} GiB free; the {len(pending)} training nodes to compute "
+                f"need about {needed / GIB:.1f} GiB (their models, and two checkpoints of the largest while it "
+                "trains): free some space or choose another root with --artifacts"]
+    return []
+
+
+def _family(node) -> str:
+    from .report import _family as family
+
+    return family(node)
