@@ -23,6 +23,7 @@ log = logging.getLogger("sparse2dense")
 VERSIONS = {"base": 2, "grpo": 2, "replay": 2, "rollouts": 2, "forward_kl": 2, "opd": 2, "evaluate": 2}
 MANIFEST = "manifest.json"
 SPEC = "spec.json"  # what a launched node reads: written before it runs, not one of its results
+NODE_FILE = "node.json"  # the node a folder holds, written as it starts
 
 
 def canonical(obj) -> str:

@@ -118,6 +118,22 @@ def _data(profile: Profile) -> list[str]:
         elif path is None and not _hub_dataset_reachable(dataset):
             found.append(f"{field} is not set and {dataset} cannot be fetched: the Hugging Face hub is unreachable "
                          f"and the local cache has no copy; set {field} to a local copy in the hub layout")
+    if not found:
+        found += _empty_benchmarks(profile)
+    return found
+
+
+def _empty_benchmarks(profile: Profile) -> list[str]:
+    """A local benchmark file with no usable row (benchmarks are small: reading them costs a second)."""
+    from .hub_data import load_hub_rows
+
+    found = []
+    for bench in profile.data.benchmarks:
+        if bench.path:
+            loaded = load_hub_rows(bench.source, path=bench.path, limit=1)
+            if not loaded.rows:
+                found.append(f"data.benchmarks.{bench.name}: no usable rows in {bench.path} "
+                             f"(skipped: {loaded.skipped})")
     return found
 
 

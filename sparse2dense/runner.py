@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from . import data
 from .config import BenchmarkSpec, EvaluateSpec, ForwardKLSpec, GRPOSpec, ModelSpec, OPDSpec, Profile, RolloutsSpec
-from .dag import MANIFEST, SPEC, NodeSpec, code_fingerprint
+from .dag import MANIFEST, NODE_FILE, SPEC, NodeSpec, code_fingerprint
 from .stages.common import CHECKPOINTS, is_main_process, write_json
 from .tracking import SPLITS_FILE, Tracker
 
@@ -126,6 +126,8 @@ def run_node(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root: Pa
     out = Path(root) / node.kind / node.key
     out.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
+    if main:
+        write_json(out / NODE_FILE, node.to_json())  # what this folder is, from the moment it starts
     tracker = tracker if main else None
     run_id = tracker.start_node_run(node, out, tags or {}) if tracker else None
     callbacks = [tracker.progress(run_id, f"{node.kind} {node.name} [{node.key[:8]}]", planned_steps(node))] \
@@ -199,12 +201,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+_NOT_RESULTS = (MANIFEST, NODE_FILE, SPEC, "mlflow_run_id")  # bookkeeping, rewritten after the results
+
+
 def _checksums(out: Path) -> dict[str, dict]:
     """sha256, size and mtime of the node's files (models included); checkpoints are transient and skipped."""
     sums = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
-        if path.is_file() and not rel.startswith("checkpoints/") and rel not in (MANIFEST, "mlflow_run_id", SPEC):
+        if path.is_file() and not rel.startswith("checkpoints/") and rel not in _NOT_RESULTS:
             stat = path.stat()
             sums[rel] = {"sha256": _sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     return sums

@@ -180,7 +180,8 @@ class Tracker:
             self._log_evaluation(run_id, manifest, inputs["model"].get("mlflow_model_id"))
         else:
             self.log_metrics(run_id, manifest["metrics"])
-        self.log_metrics(run_id, {"compute_s": manifest["compute_s"], "labels_used": manifest["labels_used"]})
+        self.log_metrics(run_id, {"compute_s": manifest["compute_s"], "labels_used": manifest["labels_used"],
+                                  **skipped_rows(manifest)})
         self.safely("logging the manifest", self.client.log_artifact, run_id, str(out / "manifest.json"))
         for samples in sorted(out.glob("samples-*.jsonl")):
             self.safely("logging samples", self._log_samples, run_id, samples)
@@ -259,6 +260,12 @@ class Tracker:
     def log_files(self, run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
         for path in paths:
             self.client.log_artifact(run_id, str(path), artifact_path)
+
+
+def skipped_rows(manifest: dict) -> dict[str, int]:
+    """Unusable source rows by split (or benchmark) and reason, as `skipped/<split>/<reason>` metrics."""
+    read = [*manifest.get("splits", []), *manifest.get("benchmarks", {}).values()]
+    return {f"skipped/{s['name']}/{reason}": n for s in read for reason, n in s.get("skipped", {}).items()}
 
 
 def _read_splits(out: Path) -> list[dict]:

@@ -22,6 +22,7 @@ from .strict_math import strict_equal
 log = logging.getLogger("sparse2dense")
 _BOX = "\\boxed"
 TIMEOUT_S = 5
+STARTUP_S = 120  # the worker imports sympy and math-verify once
 
 
 def last_boxed(text: str) -> str | None:
@@ -77,19 +78,31 @@ class _Worker:
     def equal(self, answer: str, gold: str) -> bool:
         with self.lock:
             if self.proc is None or self.proc.poll() is not None:
-                self.proc = subprocess.Popen([sys.executable, "-m", "sparse2dense.verify"], stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, text=True, bufsize=1)
+                self._start()
             self.proc.stdin.write(json.dumps([answer, gold]) + "\n")
             self.proc.stdin.flush()
-            ready, _, _ = select.select([self.proc.stdout], [], [], 2 * TIMEOUT_S + 30)  # + the worker's start
-            if not ready:
-                log.warning("answer check overran %ss (counted wrong): %.80r", 2 * TIMEOUT_S + 30, answer)
-                self.proc.kill()
-                self.proc.wait()
-                self.proc = None
+            line = self._read(2 * TIMEOUT_S)  # parsing and verifying, each bounded by math-verify where it can be
+            if line is None:
+                log.warning("answer check overran %ss (counted wrong): %.80r", 2 * TIMEOUT_S, answer)
+                self._stop()
                 return False
-            line = self.proc.stdout.readline()
-            return line.strip() == "true"
+            return line == "true"
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "sparse2dense.verify"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        if self._read(STARTUP_S) != "ready":
+            self._stop()
+            raise RuntimeError("the answer-checking worker did not start")
+
+    def _read(self, timeout: float) -> str | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline().strip() if ready else None
+
+    def _stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
 
 
 _WORKERS: dict[int, _Worker] = {}
@@ -101,6 +114,9 @@ def _worker() -> _Worker:
 
 def _serve() -> None:
     """The worker's loop: one [answer, gold] per line in, `true`/`false` out (math-verify's own alarm applies)."""
+    import math_verify  # noqa: F401  (imported before saying ready: the first answer is then timed fairly)
+
+    print("ready", flush=True)
     for line in sys.stdin:
         answer, gold = json.loads(line)
         print("true" if symbolic_equal(answer, gold, TIMEOUT_S) else "false", flush=True)

@@ -44,3 +44,33 @@ def test_safe_from_worker_threads():
     for w in workers:
         w.join()
     assert results == [True] * 4
+
+
+def test_a_pathological_answer_never_hangs_a_worker_thread():
+    """9^(9^(9^9)) makes sympy compute a number with hundreds of millions of digits, holding the GIL: only a
+    separate process can bound it. From a worker thread (where math-verify's alarm cannot run) it is wrong in time."""
+    import time
+
+    from sparse2dense.verify import TIMEOUT_S
+
+    results = []
+    worker = threading.Thread(target=lambda: results.append(is_correct("\\boxed{9^{9^{9^{9}}}}", "1")))
+    worker.start()
+    worker.join(120)  # the checking process's start, then the bound
+    start = time.monotonic()
+    assert results == [False]
+    again = threading.Thread(target=lambda: results.append(is_correct("\\boxed{9^{9^{9^{9}}}}", "2")))
+    again.start()
+    again.join(4 * TIMEOUT_S)
+    assert results == [False, False] and time.monotonic() - start < 4 * TIMEOUT_S
+
+
+def test_the_strict_checker_is_the_authors_normalisation():
+    from sparse2dense.strict_math import normalize, strict_equal
+
+    assert strict_equal("\\dfrac{1}{2}", "\\frac12") and strict_equal("0.5", "\\frac{1}{2}")
+    assert strict_equal("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})")
+    assert strict_equal("x = 5", "5") and strict_equal("5 \\text{ cm}", "5") and strict_equal("3/4", "\\frac{3}{4}")
+    assert not strict_equal("0.50", "\\frac{1}{2}") and not strict_equal("1,000", "1000")
+    assert normalize("\\sqrt2") == "\\sqrt{2}" and normalize("10^\\circ") == "10"
+    assert is_correct("so \\boxed{1/2}", "0.5", "strict") and not is_correct("\\boxed{2/4}", "1/2", "strict")

@@ -86,6 +86,7 @@ def result(*, model: Path | str | None = None, metrics: dict | None = None, labe
         "compute_s": round(compute_s, 3),
         "resumed_from_step": resumed_from_step,
         "world_size": world_size(),
+        "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", 1)),  # processes per machine
     }
 
 

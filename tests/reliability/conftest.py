@@ -1,0 +1,83 @@
+"""Shared by the reliability suite: grids run as a user runs them (the `s2d` CLI in a subprocess), faults
+injected for real (signals, a dead server, a full disk), and base models computed once and copied."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PROFILE = str(HERE / "reliable.yaml")
+
+
+class Grid:
+    """One artifact root, MLflow store and Prefect home; `s2d` commands against them."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.artifacts = root / "artifacts"
+        self.env = {**os.environ, "S2D_ARTIFACTS": str(self.artifacts), "PREFECT_HOME": str(root / "prefect"),
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+
+    def run(self, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sparse2dense.cli", *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        """A grid in its own session (so a test can kill everything it started), output to files."""
+        path = self.root / f"grid-{time.monotonic_ns()}.log"
+        proc = subprocess.Popen([sys.executable, "-m", "sparse2dense.cli", *args], env={**self.env, **(env or {})},
+                                stdout=path.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc.log_path = path
+        return proc
+
+    def manifests(self) -> dict[str, dict]:
+        return {json.loads(p.read_text())["key"]: json.loads(p.read_text())
+                for p in self.artifacts.glob("*/*/manifest.json")}
+
+    def folder(self, name: str) -> Path:
+        """The folder of the node the grid calls `name` (the only one with that name in this root)."""
+        for path in self.artifacts.glob("*/*/node.json"):
+            if json.loads(path.read_text())["name"] == name:
+                return path.parent
+        raise LookupError(name)
+
+
+def kill_session(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def wait_for(condition, timeout: float, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def based(tmp_path_factory) -> Path:
+    """A grid root holding the reliable profile's base models (stage 0 runs once for the whole suite)."""
+    grid = Grid(tmp_path_factory.mktemp("based"))
+    done = grid.run("grid", "--profile", PROFILE, "--arms", "teacher-base,student-base")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return grid.root
+
+
+@pytest.fixture
+def grid(based, tmp_path) -> Grid:
+    """A fresh grid that starts with the base models and their MLflow runs (copied, mtimes kept)."""
+    shutil.copytree(based, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("prefect", ".prefect", "*.log"))
+    return Grid(tmp_path)
