@@ -1,6 +1,8 @@
 """The grid through real Prefect (a temporary server) and a real MLflow store, on the smoke profile."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -187,3 +189,42 @@ def test_two_grids_at_once_compute_a_shared_node_once(env, tmp_path):
     assert {dag.status(tmp_path, n) for n in smoke_plan(["student-base"]).nodes.values()} == {"cached"}
     for line in ("running base student", "running evaluate evaluate:student-base"):
         assert sum(out.count(line) for out in outputs) == 1, outputs
+
+
+def test_mlflow_ranks_the_arms_models_per_benchmark(env, first):
+    """Evaluation metrics are logged against the evaluated model and the benchmark: MLflow's Models view ranks."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("s2d-smoke")
+    models = client.search_logged_models([experiment.experiment_id], order_by=[
+        {"field_name": "metrics.toy-test/avg_at_2", "ascending": False, "dataset_name": "toy-test"}])
+    scored = [(m.tags["s2d.key"], next(x.value for x in m.metrics if x.key == "toy-test/avg_at_2"))
+              for m in models if any(x.key == "toy-test/avg_at_2" for x in m.metrics or [])]
+    table = json.loads(open(first["report"]["json"]).read())
+    assert {key for key, _ in scored} == {r["model_key"] for r in table}
+    assert [v for _, v in scored] == sorted((v for _, v in scored), reverse=True)
+    by_model = {r["model_key"]: r["toy-test/avg@2"] for r in table}
+    assert all(value == pytest.approx(by_model[key]) for key, value in scored)
+    metric = next(x for m in models for x in m.metrics or [] if x.key == "toy-test/avg_at_2")
+    assert metric.dataset_name == "toy-test" and metric.dataset_digest
+
+
+def test_node_runs_link_the_models_they_consumed_and_carry_arm_and_seed(env, first):
+    client = MlflowClient()
+    bridge = next(r for r in node_runs("opd") if r.data.tags["s2d.node"] == "bridge")
+    consumed = {client.get_logged_model(i.model_id).tags["s2d.key"] for i in bridge.inputs.model_inputs}
+    plan = smoke_plan(["bridge"])
+    node = next(n for n in plan.nodes.values() if n.name == "bridge")
+    assert consumed == {parent.key for _, parent in node.inputs}
+    assert set(bridge.data.tags["s2d.arm"].split(",")) == {"bridge", "bridge+grpo", "bridge+replay"}
+    assert bridge.data.tags["s2d.seed"] == "0"
+    evaluation = next(r for r in node_runs("evaluate") if r.data.tags["s2d.node"] == "evaluate:bridge")
+    assert evaluation.data.tags["s2d.arm"] == "bridge"
+    teacher = next(r for r in node_runs("base") if r.data.tags["s2d.node"] == "teacher")
+    assert teacher.data.tags["s2d.seed"] == "all" and "bridge" in teacher.data.tags["s2d.arm"].split(",")
+
+
+def test_a_default_store_keeps_its_artifacts_next_to_its_database(env, first):
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("s2d-smoke")
+    database = os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")
+    assert experiment.artifact_location.startswith(Path(database).parent.joinpath("mlartifacts").as_uri())
