@@ -99,27 +99,59 @@ def to_csv(table: list[dict]) -> str:
     return buf.getvalue()
 
 
-def chart(table: list[dict], path: Path) -> None:
-    """Bar chart of each arm's first avg@ metric, with standard-error bars."""
+def chart(table: list[dict], path: Path, title: str = "sparse2dense: arms compared") -> None:
+    """The comparison as a picture: bars per arm, or, for a budget sweep, accuracy against labels spent."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = summary(table)
-    names = [n for n in metric_names(table) if "/avg@" in n][:1]
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(lines)), 4))
-    if names:
-        name = names[0]
-        shown = [r for r in lines if name in r]
-        ax.bar([r["arm"] for r in shown], [100 * r[name] for r in shown],
-               yerr=[100 * r[f"{name} sem"] for r in shown], capsize=3, color="#4c72b0")
-        ax.set_ylabel(f"{name} (%)")
-    ax.set_title("sparse2dense: arms compared")
-    ax.tick_params(axis="x", rotation=45)
+    sweep = len({r["budget"] for r in table}) > 1
+    width = 7 if sweep else max(6, 0.8 * len(summary(table)))
+    fig, ax = plt.subplots(figsize=(width, 4))
+    (plot_sweep if sweep else plot_bars)(ax, table)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def headline_metric(table: list[dict]) -> str | None:
+    """The first benchmark's avg@n: what the charts show."""
+    return next((n for n in metric_names(table) if "/avg@" in n), None)
+
+
+def plot_bars(ax, table: list[dict]) -> None:
+    """Each arm's headline metric, mean over seeds with standard-error bars."""
+    name = headline_metric(table)
+    if name:
+        shown = [r for r in summary(table) if name in r]
+        ax.bar([r["arm"] for r in shown], [100 * r[name] for r in shown],
+               yerr=[100 * r[f"{name} sem"] for r in shown], capsize=3, color="#4c72b0")
+        ax.set_ylabel(f"{name} (%)")
+    ax.tick_params(axis="x", rotation=45)
+
+
+def plot_sweep(ax, table: list[dict]) -> None:
+    """One line per arm: the headline metric against the labeled examples its whole lineage spent."""
+    name = headline_metric(table)
+    if not name:
+        return
+    lines = summary(table)
+    for i, arm in enumerate(dict.fromkeys(r["arm"] for r in lines)):
+        points = sorted((r["labels_used"], 100 * r[name], 100 * r[f"{name} sem"]) for r in lines
+                        if r["arm"] == arm and name in r)
+        if not points:
+            continue
+        if len({x for x, _, _ in points}) == 1:  # spends nothing, or the same at every budget: a reference level
+            ax.axhline(points[0][1], linestyle=":", color=f"C{i}", label=f"{arm} ({points[0][0]} labels)")
+            continue
+        xs, ys, errs = zip(*points)
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=f"C{i}", label=arm)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("labeled examples spent (the arm's whole lineage)")
+    ax.set_ylabel(f"{name} (%)")
+    ax.legend(fontsize=8)
 
 
 def write(table: list[dict], folder: Path) -> dict[str, Path]:
