@@ -172,3 +172,17 @@ def test_evaluate_scores_every_benchmark_and_saves_auditable_samples(smoke, base
     rows = [json.loads(line) for line in (tmp_path / "samples-toy-test.jsonl").open()]
     assert len(rows) == 24 and all(len(r["completions"]) == 2 for r in rows)
     assert all(r["prompt"][-1]["role"] == "user" and len(r["num_tokens"]) == len(r["truncated"]) == 2 for r in rows)
+
+
+def test_weight_decay_reaches_every_parameter_as_in_the_authors_optimizer(smoke, bases):
+    """verl decays norms and biases too; transformers' Trainer would skip the RMSNorm weights."""
+    from transformers import TrainingArguments
+
+    from sparse2dense.models import load_model
+    from sparse2dense.stages.supervised import SupervisedTrainer
+
+    model = load_model(bases["student"], smoke.hardware, trainable=True)
+    trainer = SupervisedTrainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", use_cpu=True,
+                                                                    report_to="none", weight_decay=0.1))
+    decayed = set(trainer.get_decay_parameter_names(model))
+    assert any("norm" in name for name in decayed) and decayed == {n for n, _ in model.named_parameters()}

@@ -9,15 +9,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from .. import data, toy_task
 from ..config import ModelSpec, Profile, SamplingSpec
 from ..generation import TransformersGenerator
 from ..models import build_toy_model, build_toy_tokenizer, set_threads
 from ..verify import is_correct
-from .common import MODEL_DIR, checkpoint_step, result, run_trainer, stopwatch, trainer_args, world_size
-from .supervised import PadCollator, sequence_row
+from .common import (
+    MODEL_DIR,
+    checkpoint_step,
+    result,
+    run_trainer,
+    stopwatch,
+    trainer_args,
+    world_size,
+)
+from .supervised import PadCollator, SupervisedTrainer, sequence_row
 
 _DEV_SEED, _TRAIN_SEED = 3_000, 4_000
 _GREEDY = SamplingSpec(temperature=0, max_new_tokens=64)
@@ -43,8 +51,8 @@ def prepare_base(profile: Profile, role: str, spec: ModelSpec, out: Path, callba
         rows = _WorkedSolutions(profile, tokenizer, pretrain.max_steps * pretrain.batch_size, seed, taboo)
         args = TrainingArguments(**trainer_args(pretrain, profile.hardware, out, seed, pretrain.max_steps,
                                                 per_step=pretrain.batch_size, micro_batch=_micro(pretrain)))
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(tokenizer.pad_token_id),
-                          processing_class=tokenizer, callbacks=[stop, *callbacks])
+        trainer = SupervisedTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                                    data_collator=PadCollator(tokenizer.pad_token_id), callbacks=[stop, *callbacks])
         _, resume = run_trainer(trainer, out)
         final = accuracy(stop.generator, dev, profile)
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),

@@ -35,6 +35,14 @@ def stopwatch():
         timing["seconds"] = time.perf_counter() - start
 
 
+class DecayEveryParameter:
+    """Weight decay on every parameter, norms and biases too, as the authors' verl optimizer applies it
+    (transformers' Trainer skips them). Mix in before the trainer class."""
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [name for name, _ in model.named_parameters()]
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 

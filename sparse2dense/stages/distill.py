@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 from trl import DistillationConfig, DistillationTrainer
 
 from .. import data
@@ -22,6 +22,7 @@ from ..generation import TransformersGenerator
 from ..models import check_same_vocabulary, device_for, dtype_for, load_model, load_tokenizer, set_threads
 from .common import (
     MODEL_DIR,
+    DecayEveryParameter,
     checkpoint_step,
     log_summary,
     read_jsonl,
@@ -32,7 +33,15 @@ from .common import (
     vllm_args,
     world_size,
 )
-from .supervised import FORWARD, REVERSE, ForwardKLTrainer, PadCollator, mean_divergence, sequence_row
+from .supervised import (
+    FORWARD,
+    REVERSE,
+    ForwardKLTrainer,
+    PadCollator,
+    SupervisedTrainer,
+    mean_divergence,
+    sequence_row,
+)
 
 # --- forward KL on teacher rollouts ---------------------------------------------------
 
@@ -65,7 +74,7 @@ def forward_kl(profile: Profile, spec: ForwardKLSpec, student_path: str, rollout
         common = dict(model=student, args=args, train_dataset=Dataset.from_list(rows),
                       data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                       callbacks=list(callbacks))
-        trainer = ForwardKLTrainer(**common, teacher=teacher) if spec.target == "soft" else Trainer(**common)
+        trainer = ForwardKLTrainer(**common, teacher=teacher) if spec.target == "soft" else SupervisedTrainer(**common)
         history, resume = run_trainer(trainer, out)
         after = probe() if probe else None
     metrics = {"steps": trainer.state.global_step, **log_summary(history, "loss")}
@@ -73,6 +82,10 @@ def forward_kl(profile: Profile, spec: ForwardKLSpec, student_path: str, rollout
         metrics |= {"forward_kl_before": before, "forward_kl_after": after}
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),
                   metrics=metrics)
+
+
+class _DistillationTrainer(DecayEveryParameter, DistillationTrainer):
+    pass
 
 
 def _probe(rows: list[dict], tokenizer, student, teacher, profile: Profile):
@@ -97,7 +110,7 @@ def opd(profile: Profile, spec: OPDSpec, teacher_path: str, student_path: str, s
         tokenizer = load_tokenizer(student_path, trust)
         convs = [data.messages(r["problem"], profile.data) for r in split.rows]
         config = opd_config(profile, spec, out, seed)
-        trainer = DistillationTrainer(
+        trainer = _DistillationTrainer(
             model=student_path, teacher_model=teacher_path, args=config,
             train_dataset=Dataset.from_list([{"prompt": c} for c in convs]),
             processing_class=tokenizer, callbacks=list(callbacks),

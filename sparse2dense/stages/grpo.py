@@ -16,6 +16,7 @@ from ..models import load_tokenizer, set_threads
 from ..verify import is_correct
 from .common import (
     MODEL_DIR,
+    DecayEveryParameter,
     checkpoint_step,
     is_main_process,
     last_checkpoint,
@@ -75,7 +76,7 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
         tokenizer = load_tokenizer(model_path, profile.models.trust_remote_code)
         dataset = Dataset.from_list([{"prompt": data.messages(r["problem"], profile.data), "answer": r["answer"],
                                       "id": r["id"]} for r in split.rows])
-        trainer = GRPOTrainer(
+        trainer = _GRPOTrainer(
             model=model_path, reward_funcs=ledger.correctness, args=grpo_config(profile, spec, out, seed),
             train_dataset=dataset, processing_class=tokenizer, callbacks=[ledger, *callbacks],
         )
@@ -85,6 +86,10 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),
                   labels_used=read if new_labels else 0, labels_on=split.name,
                   metrics={"steps": trainer.state.global_step, "labels_read": read, **log_summary(history, "reward")})
+
+
+class _GRPOTrainer(DecayEveryParameter, GRPOTrainer):
+    pass
 
 
 def grpo_config(profile: Profile, spec: GRPOSpec, out: Path, seed: int) -> GRPOConfig:

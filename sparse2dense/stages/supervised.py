@@ -14,6 +14,8 @@ from transformers import Trainer
 from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 from trl.models.utils import _ForwardRedirection
 
+from .common import DecayEveryParameter
+
 IGNORE = -100
 FORWARD, REVERSE = 0.0, 1.0  # TRL's beta: 0 = KL(teacher || student), 1 = KL(student || teacher)
 
@@ -77,7 +79,11 @@ def mean_divergence(student, teacher, batch: dict, beta: float) -> float:
     return float(divergence_sum(student, teacher, batch, beta)) / tokens
 
 
-class ForwardKLTrainer(Trainer):
+class SupervisedTrainer(DecayEveryParameter, Trainer):
+    """transformers' Trainer with the authors' weight decay; its loss is the model's cross-entropy."""
+
+
+class ForwardKLTrainer(SupervisedTrainer):
     """Trainer whose loss is KL(teacher || student) on the given sequences, token-mean over the global batch."""
 
     def __init__(self, *args, teacher, **kwargs):
