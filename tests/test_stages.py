@@ -174,7 +174,7 @@ def test_evaluate_scores_every_benchmark_and_saves_auditable_samples(smoke, base
     assert all(r["prompt"][-1]["role"] == "user" and len(r["num_tokens"]) == len(r["truncated"]) == 2 for r in rows)
 
 
-def test_weight_decay_reaches_every_parameter_as_in_the_authors_optimizer(smoke, bases):
+def test_weight_decay_reaches_every_parameter_as_in_the_authors_optimizer(smoke, bases, tmp_path):
     """verl decays norms and biases too; transformers' Trainer would skip the RMSNorm weights."""
     from transformers import TrainingArguments
 
@@ -182,7 +182,7 @@ def test_weight_decay_reaches_every_parameter_as_in_the_authors_optimizer(smoke,
     from sparse2dense.stages.supervised import SupervisedTrainer
 
     model = load_model(bases["student"], smoke.hardware, trainable=True)
-    trainer = SupervisedTrainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", use_cpu=True,
+    trainer = SupervisedTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
                                                                     report_to="none", weight_decay=0.1))
     decayed = set(trainer.get_decay_parameter_names(model))
     assert any("norm" in name for name in decayed) and decayed == {n for n, _ in model.named_parameters()}
