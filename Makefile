@@ -3,8 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= toy
-# CPU wheel pin for laptops and CI; on GPU hosts install the CUDA torch first and set TORCH_SPEC=torch.
+# Laptops and CI: the CPU wheel of torch. GPU hosts: `make setup GPU=1`, the pinned CUDA set of
+# configs/gpu-constraints.txt (torch 2.11, vLLM 0.22.1, transformers 5.24), DeepSpeed and vLLM included.
+ifeq ($(GPU),1)
+TORCH_SPEC ?= torch==2.11.0
+EXTRAS := gpu,ray,dev
+CONSTRAINTS := -c configs/gpu-constraints.txt
+else
 TORCH_SPEC ?= torch==2.13.0
+EXTRAS := ray,dev
+CONSTRAINTS :=
+endif
 
 RUNNER ?= local
 ADDRESS ?=
@@ -19,8 +28,8 @@ setup: $(BIN)/s2d
 $(BIN)/s2d: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q $(CONSTRAINTS) "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
 
 test: setup

@@ -24,3 +24,11 @@ def bases(smoke, tmp_path_factory):
     root = tmp_path_factory.mktemp("bases")
     return {role: prepare_base(smoke, role, getattr(smoke.models, role), root / role)["outputs"]["model"]
             for role in ("teacher", "student")}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The GPU set's dry runs wait on the network for minutes: start them now, behind the CPU-bound tests."""
+    if any(item.module.__name__.endswith("test_gpu_env") for item in items):
+        from test_gpu_env import start_dry_runs
+
+        config.gpu_dry_runs = start_dry_runs()
