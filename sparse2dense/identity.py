@@ -92,7 +92,10 @@ def _write_memo(memo: dict) -> None:
 def fetch_model(spec: ModelSpec) -> str:
     """The local folder holding a base model's files: the folder itself, or the hub snapshot of its commit."""
     if is_local(spec.name):
-        return str(Path(spec.name).expanduser().resolve())
+        folder = Path(spec.name).expanduser().resolve()
+        if not folder.is_dir():  # else the base node would complete on a model that is not there
+            raise FileNotFoundError(f"no model folder at {folder}")
+        return str(folder)
     from huggingface_hub import snapshot_download
 
     commit = resolve_commit(spec.name, spec.revision)

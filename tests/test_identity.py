@@ -27,3 +27,10 @@ def test_a_folder_is_keyed_by_its_files(tmp_path):
     before = identity.fingerprint(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"\0")
     assert identity.fingerprint(tmp_path / "m") != before
+
+
+def test_a_missing_local_model_folder_fails_instead_of_completing(tmp_path):
+    (tmp_path / "m").mkdir()
+    assert identity.fetch_model(ModelSpec(source="hub", name=str(tmp_path / "m"))) == str(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        identity.fetch_model(ModelSpec(source="hub", name=str(tmp_path / "missing")))
