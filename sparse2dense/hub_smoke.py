@@ -258,8 +258,8 @@ def _model(role: str, tokenizer, vocab: int, seed: int):
 def _pretrain(model, tokenizer, rows: list[dict], steps: int, lr: float, seed: int) -> float:
     """A few seconds of next-token training on worked solutions (the completion only); returns the last loss.
 
-    Most solutions end with <|im_end|>, some with <|endoftext|>: Qwen3's generation config lists both, and the
-    samples should show generation stopping on either."""
+    Half the solutions end with <|im_end|>, half with <|endoftext|>: Qwen3's generation config lists both, and
+    the samples should show generation stopping on either."""
     import torch
 
     end_of_text, im_end = tokenizer.convert_tokens_to_ids([END_OF_TEXT, IM_END])
@@ -269,7 +269,7 @@ def _pretrain(model, tokenizer, rows: list[dict], steps: int, lr: float, seed: i
         prompt = tokenizer.apply_chat_template(_messages(r["problem"]), tokenize=False, add_generation_prompt=True,
                                                enable_thinking=False)
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c = tokenizer(r["solution"], add_special_tokens=False)["input_ids"] + [im_end if rng.random() < 0.8
+        c = tokenizer(r["solution"], add_special_tokens=False)["input_ids"] + [im_end if rng.random() < 0.5
                                                                                else end_of_text]
         seqs.append((p, c))
     torch.manual_seed(seed)
