@@ -321,7 +321,11 @@ def build(folder: str | Path = DEFAULT_DIR, log=print) -> Path:
             if is_complete(folder):  # another build finished meanwhile
                 return folder
             shutil.rmtree(folder)  # an older version's, or a partial copy from before this builder
-        os.rename(tmp, folder)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not is_complete(folder):  # else another build renamed its copy into place first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -58,6 +58,61 @@ def test_saved_tokenizer_loads_as_qwen3s_does(tokenizer, tmp_path):
     assert loaded.convert_ids_to_tokens(loaded("<think></think>")["input_ids"]) == ["<think>", "</think>"]
 
 
+@pytest.fixture(scope="module")
+def quick_build(tmp_path_factory):
+    """The files with one pretraining step per model: the layouts, not the models' skill."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(hub_smoke, "PRETRAIN", {role: {"steps": 1, "lr": 1e-3} for role in ("teacher", "student")})
+    folder = tmp_path_factory.mktemp("quick") / "stand-ins"
+    (folder / "models").mkdir(parents=True)  # a partial folder from an interrupted build is replaced
+    hub_smoke.build(folder, log=lambda _: None)
+    patch.undo()
+    return folder
+
+
+def test_data_files_load_through_the_hub_loaders(quick_build, monkeypatch, tmp_path):
+    import datasets
+
+    from sparse2dense.hub_data import load_hub_rows
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    data = quick_build / "data"
+    dapo = load_hub_rows("dapo-math-17k", path=str(data / "dapo-math-17k.parquet"))
+    assert len(dapo.rows) == hub_smoke.N_DAPO
+    assert dapo.skipped == {"duplicate": hub_smoke.N_DAPO * (hub_smoke.DAPO_REPEATS - 1)}
+    assert not any("Answer:" in r["problem"] for r in dapo.rows)  # the instruction wrapper came off
+    aime24 = load_hub_rows("aime24", path=str(data / "aime_2024.parquet")).rows
+    assert [r["id"] for r in aime24] == ["aime24-60", "aime24-61", "aime24-62"]
+    assert all(len(r["answer"]) == 3 for r in aime24) and any(r["answer"].startswith("0") for r in aime24)
+    math500 = load_hub_rows("math500", path=str(data / "math500")).rows  # a folder holding test.jsonl
+    assert "math500-test/precalculus/807.json" in {r["id"] for r in math500}
+    assert len(load_hub_rows("aime25", path=str(data / "aime_2025.jsonl")).rows) == 3
+
+
+def test_checkpoints_are_laid_out_as_qwen3s(quick_build):
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    sizes = {}
+    for role in ("teacher", "student"):
+        folder = quick_build / "models" / role
+        config = AutoConfig.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert config.architectures == ["Qwen3ForCausalLM"] and str(config.dtype) == "torch.bfloat16"
+        assert config.vocab_size == hub_smoke.MODEL_VOCAB > len(tok)
+        ends = GenerationConfig.from_pretrained(folder).eos_token_id
+        assert ends == tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+        sizes[role] = config.hidden_size * config.num_hidden_layers
+    assert sizes["teacher"] > sizes["student"]
+
+
+def test_a_complete_folder_is_left_as_it_is(quick_build):
+    marker = quick_build / hub_smoke.MARKER
+    before = marker.stat().st_mtime_ns
+    assert hub_smoke.build(quick_build) == quick_build.resolve()
+    assert marker.stat().st_mtime_ns == before
+    assert not list(quick_build.parent.glob(".*.tmp-*"))
+
+
 # --- the grid ----------------------------------------------------------------------------------
 
 
