@@ -21,7 +21,7 @@ PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 export PREFECT_PORT MLFLOW_PORT
 
-.PHONY: setup test ablation-grid plan report ui ui-stop serve clean
+.PHONY: setup test ablation-grid hub-smoke plan report ui ui-stop serve clean
 
 setup: $(BIN)/s2d
 
@@ -37,6 +37,12 @@ test: setup
 
 ablation-grid: setup
 	$(BIN)/s2d grid --profile $(PROFILE)
+
+# The paper profiles' hub code path on CPU, offline: local Qwen3-style checkpoints and hub-layout data files
+# (built once into .hub-smoke/), then every arm of the grid.
+hub-smoke: setup
+	$(BIN)/python -m sparse2dense.hub_smoke
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/s2d grid --profile hub-smoke
 
 plan: setup
 	$(BIN)/s2d plan --profile $(PROFILE)
@@ -57,4 +63,4 @@ serve: setup
 		$(BIN)/python -m flows.serve --runner $(RUNNER) $(if $(ADDRESS),--address $(ADDRESS))
 
 clean:
-	rm -rf artifacts mlflow.db mlruns
+	rm -rf artifacts mlflow.db mlruns .hub-smoke

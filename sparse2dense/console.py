@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 
@@ -12,6 +13,9 @@ def quiet_logs(fmt: str = "%(asctime)s %(message)s") -> None:
     logging.getLogger("sparse2dense").setLevel(logging.INFO)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its own timeout notices; ours bound it anyway
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # read when `datasets` is imported
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)

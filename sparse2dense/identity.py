@@ -51,8 +51,9 @@ def resolve_commit(repo_id: str, revision: str | None) -> str | None:
 
 
 def fingerprint(folder: Path) -> str:
-    """sha256 over the folder's files (names and contents), memoised by their sizes and mtimes."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    """sha256 over the folder's files (names and contents), or over one data file, memoised by sizes and mtimes."""
+    folder = Path(folder)
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     stamp = hashlib.sha256(json.dumps([(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
                                        for p in files]).encode()).hexdigest()
     memo = _read_memo()
@@ -91,7 +92,10 @@ def _write_memo(memo: dict) -> None:
 def fetch_model(spec: ModelSpec) -> str:
     """The local folder holding a base model's files: the folder itself, or the hub snapshot of its commit."""
     if is_local(spec.name):
-        return str(Path(spec.name).expanduser().resolve())
+        folder = Path(spec.name).expanduser().resolve()
+        if not folder.is_dir():  # else the base node would complete on a model that is not there
+            raise FileNotFoundError(f"no model folder at {folder}")
+        return str(folder)
     from huggingface_hub import snapshot_download
 
     commit = resolve_commit(spec.name, spec.revision)

@@ -1,8 +1,9 @@
 """Checks that run before any compute, so a grid that cannot finish is refused in seconds.
 
 Each problem is one line naming what is wrong and how to fix it; `s2d grid` prints them and
-exits with status 2. Nothing here loads a model or a dataset: configs, folders, the hub cache,
-a health check, the free disk.
+exits with status 2. Nothing here loads a model: configs, folders, the hub cache, a health check,
+the free disk; of the data, the benchmarks (for empty ones) and, for hub data, the training set,
+whose pools every budget must fit (the grid loads it next anyway: the load is cached in-process).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def problems(plan: Plan, root: Path) -> list[str]:
     found += _tracking()
     found += _models(profile)
     found += _data(profile)
+    if not found:
+        found += _pools(plan)
     if not found:
         found += _disk(plan, root)
     return found
@@ -134,6 +137,35 @@ def _empty_benchmarks(profile: Profile) -> list[str]:
             if not loaded.rows:
                 found.append(f"data.benchmarks.{bench.name}: no usable rows in {bench.path} "
                              f"(skipped: {loaded.skipped})")
+    return found
+
+
+def _pools(plan: Plan) -> list[str]:
+    """Every split a node reads fits the pool it is drawn from. The toy's pools are checked with the profile;
+    a hub dataset's sizes are only known once it is loaded."""
+    d = plan.profile.data
+    if d.source != "hub":
+        return []
+    from .data import train_heldout
+
+    source = d.train_path or d.train_dataset
+    try:
+        train, heldout = train_heldout(d)
+    except Exception as err:  # a file in another layout, a download that fails
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return [f"data.train_path: {source} does not load as {d.train_dataset} ({first})"]
+    pools = {"labeled": ("labeled_budget", train), "distill": ("distill_prompts", train),
+             "heldout": ("heldout_budget", heldout)}
+    found = []
+    for node in plan.nodes.values():
+        split = node.params.get("split")
+        if split is None:
+            continue
+        field, pool = pools[split["name"]]
+        line = (f"data.{field} = {split['size']} is larger than its pool: {len(pool)} {split['name']} problems in "
+                f"{source}; lower it" + (" (or --labeled-budget)" if field == "labeled_budget" else ""))
+        if split["size"] > len(pool) and line not in found:
+            found.append(line)
     return found
 
 

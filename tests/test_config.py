@@ -3,7 +3,7 @@ import yaml
 
 from sparse2dense.config import ConfigError, load_grid, load_profile
 
-PROFILES = ["smoke", "toy", "qwen3-8b-1.7b", "qwen3-14b-1.7b", "llama-70b-8b"]
+PROFILES = ["smoke", "toy", "qwen3-8b-1.7b", "qwen3-14b-1.7b", "llama-70b-8b", "hub-smoke"]
 
 
 @pytest.mark.parametrize("name", PROFILES)

@@ -1,0 +1,77 @@
+"""`s2d grid` refuses, before any compute, budgets that hub data cannot hold: its pools are only known once
+the data is loaded, so the profile's own checks cannot see them."""
+
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # read once, when `datasets` / `huggingface_hub` are imported
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparse2dense import cli, dag, preflight
+from sparse2dense.config import load_grid, load_profile
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hub"  # DAPO: 5 distinct problems -> 4 train, 1 held out
+TINY_QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128,
+              "vocab_size": 512, "tie_word_embeddings": False}
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(monkeypatch, tmp_path):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def hub_profile(tmp_path, **data) -> Path:
+    """The paper profile on the hub-layout fixtures and two tiny local model folders."""
+    for role in ("teacher", "student"):
+        (tmp_path / role).mkdir(exist_ok=True)
+        (tmp_path / role / "config.json").write_text(json.dumps(TINY_QWEN3))
+    profile = {
+        "extends": "qwen3-8b-1.7b", "name": "fixture-hub",
+        "models": {role: {"name": str(tmp_path / role), "vocab_size": 512} for role in ("teacher", "student")},
+        "data": {"train_dataset": "dapo-math-17k", "train_path": str(FIXTURES / "dapo_math_17k.parquet"),
+                 "labeled_budget": 2, "heldout_budget": 1, "distill_prompts": 2,
+                 "benchmarks": [{"name": "aime24", "source": "aime24", "path": str(FIXTURES / "aime_2024.parquet")}],
+                 **data},
+    }
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+def problems(tmp_path, path, **overrides) -> list[str]:
+    plan = dag.plan(load_profile(path, overrides), load_grid("allocation"))
+    return preflight.problems(plan, tmp_path / "artifacts")
+
+
+def test_budgets_that_fit_the_hub_pools_pass(tmp_path):
+    assert problems(tmp_path, hub_profile(tmp_path)) == []
+
+
+@pytest.mark.parametrize("field,value,pool", [("labeled_budget", 5, "4 labeled"), ("heldout_budget", 2, "1 heldout"),
+                                              ("distill_prompts", 5, "4 distill")])
+def test_a_budget_larger_than_its_hub_pool_is_refused(tmp_path, field, value, pool):
+    found = problems(tmp_path, hub_profile(tmp_path), **{f"data.{field}": value})
+    assert len(found) == 1 and found[0].startswith(f"data.{field} = {value} is larger than its pool: {pool} problems")
+
+
+def test_a_training_file_in_another_layout_is_one_line(tmp_path):
+    found = problems(tmp_path, hub_profile(tmp_path, train_path=str(FIXTURES / "math500.jsonl")))
+    assert len(found) == 1 and "does not load as dapo-math-17k" in found[0] and "expected column 'prompt'" in found[0]
+
+
+def test_the_cli_refuses_with_one_line_and_computes_nothing(tmp_path, capsys):
+    code = cli.main(["grid", "--profile", str(hub_profile(tmp_path)), "--labeled-budget", "9",
+                     "--artifacts", str(tmp_path / "artifacts")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert err.startswith("s2d grid: data.labeled_budget = 9 is larger than its pool: 4 labeled problems")
+    assert not (tmp_path / "artifacts" / "base").exists()
