@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect.locking.filesystem import FileSystemLockManager
@@ -98,7 +98,7 @@ class LeaseLockManager(FileSystemLockManager):
             if not self.wait_for_lock(key, acquire_timeout):
                 return False
         info = {"holder": holder, "expiration": None, "host": HOST, "pid": os.getpid(),
-                "pid_start": process_start(os.getpid()), "since": datetime.now(timezone.utc).isoformat()}
+                "pid_start": process_start(os.getpid()), "since": datetime.now(UTC).isoformat()}
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(info))
         try:

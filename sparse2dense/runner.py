@@ -17,7 +17,7 @@ import os
 import platform
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -198,7 +198,7 @@ def sync_untracked(plan, root: Path, tracker: Tracker, tags: dict[str, str], ski
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 _NOT_RESULTS = (MANIFEST, NODE_FILE, SPEC, "mlflow_run_id")  # bookkeeping, rewritten after the results

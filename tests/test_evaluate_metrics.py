@@ -5,7 +5,7 @@ from sparse2dense.stages.evaluate import pass_at_k, score
 
 
 def samples(texts):
-    return [Sample(t, len(t)) for t in texts]
+    return [Sample(t, tuple(range(len(t))), (0,), truncated=False) for t in texts]
 
 
 def test_avg_and_pass_at_k_match_hand_computed_values():
