@@ -18,8 +18,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from sparse2dense import dag
-from sparse2dense.config import config_names, load_grid, load_profile
+from sparse2dense import dag, preflight
+from sparse2dense.config import ConfigError, config_names, load_grid, load_profile
 from sparse2dense.locations import artifacts_root, tracking_uri
 from sparse2dense.runner import sync_untracked
 from sparse2dense.tracking import Tracker
@@ -78,6 +78,9 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
     prof, spec = load_profile(profile, overrides), load_grid(grid)  # the one read of the profile
     plan = dag.plan(prof, spec, arms or None, seeds)
     root = artifacts_root(artifacts)
+    problems = preflight.problems(plan, root)  # `s2d grid` checked already; a run from the UI checks here
+    if problems:
+        raise ConfigError("\n".join(problems))
     tracker = Tracker(f"s2d-{prof.name}")
     tags = {"prefect.flow_run_id": str(flow_run.id), "s2d.profile": prof.name, "s2d.grid": spec.name}
     grid_run = tracker.start_grid_run(f"grid {spec.name} {flow_run.name or ''}".strip(),
