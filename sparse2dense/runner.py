@@ -18,6 +18,7 @@ import platform
 import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
@@ -25,7 +26,9 @@ from . import data
 from .config import BenchmarkSpec, EvaluateSpec, ForwardKLSpec, GRPOSpec, ModelSpec, OPDSpec, Profile, RolloutsSpec
 from .dag import MANIFEST, NodeSpec, code_fingerprint
 from .stages.common import is_main_process, write_json
-from .tracking import Tracker
+
+if TYPE_CHECKING:  # MLflow is imported only by a node that tracks: a launched node without it runs without MLflow
+    from .tracking import Tracker
 
 log = logging.getLogger("sparse2dense")
 
