@@ -24,6 +24,7 @@ VERSIONS = {"base": 2, "grpo": 2, "replay": 2, "rollouts": 2, "forward_kl": 2, "
 MANIFEST = "manifest.json"
 SPEC = "spec.json"  # what a launched node reads: written before it runs, not one of its results
 NODE_FILE = "node.json"  # the node a folder holds, written as it starts
+SPLITS_FILE = "splits.json"  # the ids of the splits a node read, for its run's dataset inputs
 
 
 def canonical(obj) -> str:

@@ -20,14 +20,17 @@ import time
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
 from . import data
 from .config import BenchmarkSpec, EvaluateSpec, ForwardKLSpec, GRPOSpec, ModelSpec, OPDSpec, Profile, RolloutsSpec
-from .dag import MANIFEST, NODE_FILE, SPEC, NodeSpec, code_fingerprint
+from .dag import MANIFEST, NODE_FILE, SPEC, SPLITS_FILE, NodeSpec, code_fingerprint
 from .stages.common import CHECKPOINTS, is_main_process, write_json
-from .tracking import SPLITS_FILE, Tracker
+
+if TYPE_CHECKING:  # MLflow is imported only by a node that tracks: a launched node without it runs without MLflow
+    from .tracking import Tracker
 
 log = logging.getLogger("sparse2dense")
 

@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, LoggedModelStatus, Metric, Param, RunTag
 from transformers import TrainerCallback
 
+from .dag import SPLITS_FILE
 from .locations import tracking_uri
 from .stages.common import read_jsonl
 
@@ -35,7 +36,6 @@ SECRET_HINTS = ("token", "secret", "password", "api_key", "apikey")
 # Checkpoints larger than this are logged by reference (their path), not copied into MLflow.
 MAX_MODEL_COPY_BYTES = 200 * 2**20
 SAMPLE_ROWS = 200  # problems per benchmark shown in a run's sample table (all of them stay in the node folder)
-SPLITS_FILE = "splits.json"  # the ids of the splits a node read, for its run's dataset inputs
 
 # A tracking server that is down must cost seconds, not MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

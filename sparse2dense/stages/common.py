@@ -120,6 +120,19 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _checkpointing_field() -> str:
+    """transformers renamed `gradient_checkpointing` to `activation_checkpointing` (after 5.17, which lacks it)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+_CHECKPOINTING = _checkpointing_field()
+
+
 def trainer_args(spec, hardware, out: Path, seed: int, steps: int, per_step: int, micro_batch: int) -> dict:
     """TrainingArguments shared by every trainer: checkpoints under `<out>/checkpoints`.
 
@@ -142,7 +155,7 @@ def trainer_args(spec, hardware, out: Path, seed: int, steps: int, per_step: int
         save_steps=spec.save_steps, save_total_limit=1, logging_steps=spec.logging_steps,
         # bf16 autocast over the fp32 weights the stages load: the optimizer updates fp32 master weights.
         use_cpu=cpu, bf16=hardware.precision == "bf16",
-        activation_checkpointing=hardware.gradient_checkpointing, report_to="none",
+        **{_CHECKPOINTING: hardware.gradient_checkpointing}, report_to="none",
         disable_tqdm=True, dataloader_num_workers=0, ddp_backend="gloo" if cpu and world_size() > 1 else None,
     )
 
