@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from sparse2dense import dag, preflight
+from sparse2dense import dag, preflight, stopping
 from sparse2dense.config import ConfigError, config_names, load_grid, load_profile
 from sparse2dense.locations import artifacts_root, tracking_uri
 from sparse2dense.runner import sync_untracked
@@ -38,17 +38,25 @@ def _overrides(labeled_budget: int | None) -> dict:
     return {"data.labeled_budget": labeled_budget} if labeled_budget else {}
 
 
-def to_recompute(plan: dag.Plan, root: Path, refresh: list[str]) -> set[str]:
-    """Keys to compute: missing or damaged nodes, those `refresh` names (a kind, a key prefix or a grid node
-    name), and everything downstream of any of them, since its inputs are about to change."""
+def to_recompute(plan: dag.Plan, root: Path, refresh: list[str]) -> tuple[set[str], set[str]]:
+    """(keys to compute, keys whose folders to clear first).
+
+    To compute: unfinished or damaged nodes, those `refresh` names (a kind, a key prefix or a grid node name),
+    and everything downstream of a node that will change. Cleared: all of those but unfinished nodes, whose
+    checkpoints the next attempt resumes from.
+    """
     named = {k for k, n in plan.nodes.items()
              if any(r in (n.kind, n.name) or (len(r) >= 6 and k.startswith(r)) for r in refresh)}
     todo: set[str] = set()
+    clear: set[str] = set()
     for key, node in plan.nodes.items():  # inputs come before the nodes that use them
-        upstream_changes = any(parent.key in todo for _, parent in node.inputs)
-        if key in named or upstream_changes or dag.verified_manifest(root, node) is None:
+        inputs = [parent.key for _, parent in node.inputs]
+        pending, changing = any(k in todo for k in inputs), any(k in clear for k in inputs)
+        if key in named or pending or dag.verified_manifest(root, node) is None:
             todo.add(key)
-    return todo
+            if key in named or changing or dag.read_manifest(root, node) is not None:
+                clear.add(key)  # asked for again, computed from other inputs, or damaged: start over
+    return todo, clear
 
 
 # Choices the Prefect UI renders as selects; the CLI may also pass YAML paths (validated by
@@ -89,8 +97,8 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
     shared = {"profile": prof, "artifacts": str(root),
               "tracking": {"experiment": f"s2d-{prof.name}", "tags": {**tags, "s2d.grid_run_id": grid_run}}}
 
-    todo = to_recompute(plan, root, refresh)
-    for key in todo:
+    todo, clear = to_recompute(plan, root, refresh)
+    for key in clear:
         shutil.rmtree(dag.node_dir(root, plan.nodes[key]), ignore_errors=True)
     logger.info("%d nodes: %d to compute, %d done", len(plan.nodes), len(todo), len(plan.nodes) - len(todo))
     sync_untracked(plan, root, Tracker(shared["tracking"]["experiment"]), shared["tracking"]["tags"], skip=todo)
@@ -105,11 +113,11 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
         with node_resources(prof.resources.of(node.kind, node.params.get("settings"))):
             results[key] = submit(node, inputs, shared, dag.node_tags(plan, key))
 
-    failed = {}
-    for key in todo:
-        results[key].wait()
-        if not results[key].state.is_completed():
-            failed[key] = f"{plan.nodes[key].kind} {plan.nodes[key].name}: {results[key].state.message}"
+    try:
+        failed = _wait(plan, results, todo)
+    except BaseException as stopped:  # SIGTERM (as Prefect raises it), Ctrl-C, a cancel from the UI
+        stopping.stopped_by(stopped)
+        raise
     logger.info("%d nodes computed, %d failed", len(todo) - len(failed), len(failed))
 
     summary = report_task(plan, root)
@@ -119,6 +127,18 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
         raise GridFailed("failed nodes:\n  " + "\n  ".join(failed.values()))
     return {"grid_run_id": grid_run, "report": summary["files"], "markdown": summary["markdown"],
             "nodes": len(plan.nodes), "computed": len(todo)}
+
+
+def _wait(plan: dag.Plan, results: dict, todo: set[str]) -> dict[str, str]:
+    """Wait for the submitted nodes; the failed ones, described. The wait returns to Python every second: a
+    signal the kernel hands to a worker thread is only acted on when the main thread runs Python code."""
+    failed = {}
+    for key in todo:
+        while not results[key].state.is_final():
+            results[key].wait(timeout=1)
+        if not results[key].state.is_completed():
+            failed[key] = f"{plan.nodes[key].kind} {plan.nodes[key].name}: {results[key].state.message}"
+    return failed
 
 
 def _publish(tracker: Tracker, grid_run: str, plan: dag.Plan, root: Path, summary: dict, failed: dict) -> None:

@@ -114,6 +114,9 @@ def cmd_grid(args) -> int:
         print(comparison.markdown(comparison.rows(plan, artifacts_root(args.artifacts))))
         print(f"s2d grid: {err}", file=sys.stderr)
         return 1
+    except BaseException as stopped:  # Prefect raises SIGTERM as a TerminationSignal inside the flow
+        stopping.stopped_by(stopped)
+        raise
     print(comparison.markdown(comparison.rows(plan, artifacts_root(args.artifacts))))
     return 0
 

@@ -113,13 +113,22 @@ def _worker() -> _Worker:
 
 
 def _serve() -> None:
-    """The worker's loop: one [answer, gold] per line in, `true`/`false` out (math-verify's own alarm applies)."""
+    """The worker's loop: one [answer, gold] per line in, `true`/`false` out (math-verify's own alarm applies).
+
+    It ends when its parent does (end of input, or a closed pipe), quietly: Ctrl-C is the parent's to handle.
+    """
+    import signal
+
     import math_verify  # noqa: F401  (imported before saying ready: the first answer is then timed fairly)
 
-    print("ready", flush=True)
-    for line in sys.stdin:
-        answer, gold = json.loads(line)
-        print("true" if symbolic_equal(answer, gold, TIMEOUT_S) else "false", flush=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        print("ready", flush=True)
+        for line in sys.stdin:
+            answer, gold = json.loads(line)
+            print("true" if symbolic_equal(answer, gold, TIMEOUT_S) else "false", flush=True)
+    except BrokenPipeError:
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import signal
 import time
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from .conftest import PROFILE, kill_session, wait_for
@@ -73,7 +74,9 @@ def test_sigkill_at_random_moments_loses_nothing(grid):
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigint_and_sigterm_stop_cleanly(grid, sig, code):
-    proc = grid.start("grid", "--profile", PROFILE, "--arms", "teacher-grpo")
+    long = grid.root / "long.yaml"  # GRPO long enough to be mid-training when the signal comes
+    long.write_text(yaml.safe_dump({"extends": PROFILE, "name": "reliable", "grpo": {"steps": 400}}))
+    proc = grid.start("grid", "--profile", str(long), "--arms", "teacher-grpo")
     wait_for(checkpoint(grid, "teacher-grpo", 4), 300)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == code
