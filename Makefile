@@ -50,6 +50,17 @@ plan: setup
 report: setup
 	$(BIN)/s2d report --profile $(PROFILE)
 
+# Benchmark figures, one JSON object per line (ARTIFACTS=<root of a finished toy grid> reuses it).
+bench: setup
+	$(BIN)/python benchmarks/grid_figures.py $(if $(ARTIFACTS),--reuse $(ARTIFACTS))
+	$(BIN)/python benchmarks/stage_figures.py
+	$(BIN)/python benchmarks/loss_memory.py
+	$(BIN)/python benchmarks/ui_figures.py
+
+# The grids behind docs/results-toy.md (hours on 2 cores; nodes on disk are reused).
+results-toy: setup
+	$(BIN)/python scripts/toy_results.py
+
 ui: setup
 	$(BIN)/s2d ui start
 
