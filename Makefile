@@ -21,7 +21,7 @@ PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 export PREFECT_PORT MLFLOW_PORT
 
-.PHONY: setup test ablation-grid hub-smoke plan report ui ui-stop serve clean
+.PHONY: setup test ablation-grid hub-smoke plan report ui ui-stop serve bench results-toy clean
 
 setup: $(BIN)/s2d
 
