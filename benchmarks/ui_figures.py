@@ -1,9 +1,9 @@
 """UI figures: `make ui` until both servers are healthy, and a UI-triggered smoke grid until it finishes.
 
-    .venv/bin/python benchmarks/ui_figures.py [--out /tmp/ui-figures]
+    .venv/bin/python benchmarks/ui_figures.py [--out DIR]
 
 Starts the servers on free loopback ports in a fresh run folder, serves ablation-grid/local,
-creates a flow run as the UI's Run button does, waits for it, stops everything. Prints JSON.
+creates a flow run as the UI's Run button does, waits for it, stops everything. Prints one JSON object.
 """
 
 import argparse
@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,9 +34,10 @@ def wait_for(fn, timeout: float):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="/tmp/ui-figures")
-    run_dir = Path(parser.parse_args().out)
-    run_dir.mkdir(parents=True, exist_ok=False)
+    parser.add_argument("--out", default=None, help="a new folder for the servers (default: a temporary one)")
+    out = parser.parse_args().out
+    run_dir = Path(out) if out else Path(tempfile.mkdtemp(prefix="ui-figures-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     prefect, mlflow = servers.start(run_dir, prefect_port=free_port(), mlflow_port=free_port())
     healthy_s = time.perf_counter() - start
@@ -52,8 +54,9 @@ def main() -> None:
         final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
         state = wait_for(lambda: (s := http_json(f"{prefect.url}/api/flow_runs/{run['id']}")["state"]["type"]) in final
                          and s, 900)
-        print(json.dumps({"make_ui_to_healthy_s": round(healthy_s, 1), "ui_trigger_to_finished_smoke_grid_s":
-                          round(time.perf_counter() - start, 1), "final_state": state}, indent=2))
+        print(json.dumps({"figure": "Prefect UI", "make_ui_to_healthy_s": round(healthy_s, 1),
+                          "ui_trigger_to_finished_smoke_grid_s": round(time.perf_counter() - start, 1),
+                          "final_state": state}), flush=True)
     finally:
         serve.terminate()
         serve.wait(30)
