@@ -91,6 +91,8 @@ def cmd_grid(args) -> int:
 
     plan = _plan(args)  # validate the whole configuration before Prefect starts anything
     problems = preflight.problems(plan, artifacts_root(args.artifacts))
+    # A busy laptop can take longer than Prefect's default 20 s to start its temporary server.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if problems:
         print("\n".join(f"s2d grid: {p}" for p in problems), file=sys.stderr)
         return 2
