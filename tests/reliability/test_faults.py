@@ -1,5 +1,6 @@
 """Faults outside the process: the tracking server goes away mid-grid; the disk fills during a checkpoint write."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -46,7 +47,7 @@ def test_the_tracking_server_going_away_loses_no_result(grid):
     arms = "teacher-grpo,direct-grpo"
     try:
         proc = grid.start("grid", "--profile", PROFILE, "--arms", arms, env=env)
-        first = wait_for(lambda: _finished(grid, "teacher-grpo"), 300)  # a node finished while the server was up
+        first = wait_for(lambda: _tracked(grid, "teacher-grpo"), 300)  # a node logged while the server was up
         server.kill()
         assert proc.wait(timeout=600) == 0, proc.log_path.read_text()[-3000:]
         manifests = grid.manifests()
@@ -69,14 +70,13 @@ def test_the_tracking_server_going_away_loses_no_result(grid):
             server.kill()
 
 
-def _finished(grid, name):
+def _tracked(grid, name):
     try:
         path = grid.folder(name) / "manifest.json"
     except LookupError:
         return None
-    import json
-
-    return json.loads(path.read_text()) if path.exists() else None
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    return manifest if manifest.get("tracked") else None
 
 
 @pytest.fixture
