@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -130,14 +131,21 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
 
 
 def _wait(plan: dag.Plan, results: dict, todo: set[str]) -> dict[str, str]:
-    """Wait for the submitted nodes; the failed ones, described. The wait returns to Python every second: a
-    signal the kernel hands to a worker thread is only acted on when the main thread runs Python code."""
+    """Wait for the submitted nodes; the failed ones, described. A node whose input failed ends not final
+    (Prefect's NotReady), so the wait counts finished tasks, not final states. It returns to Python every
+    second: a signal the kernel hands to a worker thread is only acted on when the main thread runs Python."""
+    futures = {key: results[key] for key in todo}
+    finished = threading.Semaphore(0)
+    for future in futures.values():
+        future.add_done_callback(lambda _: finished.release())
+    for _ in futures:
+        while not finished.acquire(timeout=1):
+            pass
     failed = {}
-    for key in todo:
-        while not results[key].state.is_final():
-            results[key].wait(timeout=1)
-        if not results[key].state.is_completed():
-            failed[key] = f"{plan.nodes[key].kind} {plan.nodes[key].name}: {results[key].state.message}"
+    for key, future in futures.items():
+        future.wait()  # finished already: keeps the state the task returned
+        if not future.state.is_completed():
+            failed[key] = f"{plan.nodes[key].kind} {plan.nodes[key].name}: {future.state.message}"
     return failed
 
 
