@@ -198,8 +198,11 @@ def _build(name: str, grid: Grid, profile: Profile, seed: int, built: dict[str, 
 
 
 def node_tags(plan: Plan, key: str) -> dict[str, str]:
-    """What MLflow groups a node's run by: every arm it serves, its seed (base models serve every seed)."""
-    return {"s2d.arm": ",".join(plan.arms_of[key]), "s2d.seed": str(plan.nodes[key].params.get("seed", "all"))}
+    """What MLflow groups a node's run by: every arm it serves, its seed (base models, trained once with the
+    profile's seed, serve every seed of the grid)."""
+    node = plan.nodes[key]
+    seed = "all" if node.kind == "base" else str(node.params["seed"])
+    return {"s2d.arm": ",".join(plan.arms_of[key]), "s2d.seed": seed}
 
 
 def lineage(node: Node) -> list[Node]:

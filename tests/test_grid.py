@@ -34,10 +34,13 @@ def run_grid(**kwargs):
     return ablation_grid(profile="smoke", **kwargs)
 
 
-def node_runs(kind=None) -> list:
+def node_runs(kind=None, grid_run=None) -> list:
+    """Node runs of this module's store; of one grid run when `grid_run` is given (later tests add runs)."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name("s2d-smoke")
     query = "tags.`s2d.kind` != 'grid'" if kind is None else f"tags.`s2d.kind` = '{kind}'"
+    if grid_run:
+        query += f" and tags.`s2d.grid_run_id` = '{grid_run}'"
     return client.search_runs([experiment.experiment_id], query, max_results=1000)
 
 
@@ -197,6 +200,8 @@ def test_mlflow_ranks_the_arms_models_per_benchmark(env, first):
     experiment = client.get_experiment_by_name("s2d-smoke")
     models = client.search_logged_models([experiment.experiment_id], order_by=[
         {"field_name": "metrics.toy-test/avg_at_2", "ascending": False, "dataset_name": "toy-test"}])
+    runs = {r.info.run_id for r in node_runs(grid_run=first["grid_run_id"])}
+    models = [m for m in models if m.source_run_id in runs]  # the first grid's models
     scored = [(m.tags["s2d.key"], next(x.value for x in m.metrics if x.key == "toy-test/avg_at_2"))
               for m in models if any(x.key == "toy-test/avg_at_2" for x in m.metrics or [])]
     table = json.loads(open(first["report"]["json"]).read())
@@ -210,7 +215,7 @@ def test_mlflow_ranks_the_arms_models_per_benchmark(env, first):
 
 def test_node_runs_link_the_models_they_consumed_and_carry_arm_and_seed(env, first):
     client = MlflowClient()
-    bridge = next(r for r in node_runs("opd") if r.data.tags["s2d.node"] == "bridge")
+    bridge = next(r for r in node_runs("opd", first["grid_run_id"]) if r.data.tags["s2d.node"] == "bridge")
     inputs = client.get_run(bridge.info.run_id).inputs.model_inputs  # search results leave model inputs out
     consumed = {client.get_logged_model(i.model_id).tags["s2d.key"] for i in inputs}
     plan = smoke_plan(["bridge"])
@@ -218,9 +223,10 @@ def test_node_runs_link_the_models_they_consumed_and_carry_arm_and_seed(env, fir
     assert consumed == {parent.key for _, parent in node.inputs}
     assert set(bridge.data.tags["s2d.arm"].split(",")) == {"bridge", "bridge+grpo", "bridge+replay"}
     assert bridge.data.tags["s2d.seed"] == "0"
-    evaluation = next(r for r in node_runs("evaluate") if r.data.tags["s2d.node"] == "evaluate:bridge")
+    evaluation = next(r for r in node_runs("evaluate", first["grid_run_id"])
+                      if r.data.tags["s2d.node"] == "evaluate:bridge")
     assert evaluation.data.tags["s2d.arm"] == "bridge"
-    teacher = next(r for r in node_runs("base") if r.data.tags["s2d.node"] == "teacher")
+    teacher = next(r for r in node_runs("base", first["grid_run_id"]) if r.data.tags["s2d.node"] == "teacher")
     assert teacher.data.tags["s2d.seed"] == "all" and "bridge" in teacher.data.tags["s2d.arm"].split(",")
 
 
