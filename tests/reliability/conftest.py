@@ -76,8 +76,13 @@ def based(tmp_path_factory) -> Path:
     return grid.root
 
 
+def copy_root(source: Path, target: Path) -> Grid:
+    """A grid on a copy of `source`'s artifacts and MLflow store (mtimes kept), with its own Prefect home."""
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("prefect", ".prefect", "*.log"))
+    return Grid(target)
+
+
 @pytest.fixture
 def grid(based, tmp_path) -> Grid:
-    """A fresh grid that starts with the base models and their MLflow runs (copied, mtimes kept)."""
-    shutil.copytree(based, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("prefect", ".prefect", "*.log"))
-    return Grid(tmp_path)
+    """A fresh grid that starts with the base models and their MLflow runs."""
+    return copy_root(based, tmp_path)

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,7 +10,7 @@ import yaml
 from sparse2dense import dag
 from sparse2dense.config import load_grid, load_profile
 
-from .conftest import PROFILE, wait_for
+from .conftest import PROFILE, Grid, copy_root, wait_for
 
 pytestmark = pytest.mark.slow
 ARMS = "teacher-grpo,direct-grpo,fkl-only"
@@ -33,11 +34,18 @@ def test_editing_the_profile_mid_grid_changes_nothing_under_way(grid):
     assert rates == {load_profile(PROFILE).grpo.learning_rate}
 
 
-@pytest.fixture
-def finished(grid):
+@pytest.fixture(scope="module")
+def finished_root(based, tmp_path_factory) -> Path:
+    """A root where the arms finished once; each test damages its own copy."""
+    grid = copy_root(based, tmp_path_factory.mktemp("finished"))
     done = grid.run("grid", "--profile", PROFILE, "--arms", ARMS)
     assert done.returncode == 0, done.stderr[-3000:]
-    return grid
+    return grid.root
+
+
+@pytest.fixture
+def finished(finished_root, tmp_path) -> Grid:
+    return copy_root(finished_root, tmp_path)
 
 
 def recomputed(grid, before: dict) -> set[str]:
