@@ -56,6 +56,7 @@ bench: setup
 	$(BIN)/python benchmarks/stage_figures.py
 	$(BIN)/python benchmarks/loss_memory.py
 	$(BIN)/python benchmarks/ui_figures.py
+	$(BIN)/python benchmarks/scale_figures.py
 
 # The grids behind docs/results-toy.md (hours on 2 cores; nodes on disk are reused).
 results-toy: setup

@@ -1,6 +1,6 @@
 """The toy results of docs/results-toy.md: every grid it quotes, then its tables and charts.
 
-    make results-toy          # or: .venv/bin/python scripts/toy_results.py [--only NAME] [--seeds 0,1,2]
+    make results-toy          # or: .venv/bin/python scripts/toy_results.py [--only NAME] [--profile P] [--seeds 0,1,2]
 
 Runs (nodes already on disk are reused, so a rerun only redraws):
   main      the allocation grid on `toy` and on `toy-strong-student`, seeds 0, 1, 2
@@ -55,16 +55,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["main", "sweep", "stage3"], action="append")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--profile", choices=PROFILES, action="append", help="main and sweep: these profiles only")
     args = parser.parse_args()
+    profiles = args.profile or PROFILES
     only = set(args.only or ["main", "sweep", "stage3"])
     seeds = [int(s) for s in args.seeds.split(",")]
     if "main" in only:
-        for profile in PROFILES:
+        for profile in profiles:
             grid(profile, "allocation", args.seeds)
             write(f"allocation-{profile}", table(profile, "allocation", seeds),
                   f"{profile}: the allocation grid, seeds {args.seeds}")
     if "sweep" in only:
-        for profile in PROFILES:
+        for profile in profiles:
             grid(profile, "budget-sweep", "0")
             write(f"budget-sweep-{profile}", table(profile, "budget-sweep", [0]),
                   f"{profile}: accuracy against labels spent, seed 0")
