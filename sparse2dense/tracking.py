@@ -287,9 +287,13 @@ class _MlflowProgress(TrainerCallback):
             self.first_step, self.start = step, time.perf_counter()
             log.info("%s: step %d/%d", self.label, step, self.total)
             return
+        if self.total <= step:  # a total not known up front (epochs) or already passed: no ETA to give
+            log.info("%s: step %d", self.label, step)
+            return
         rate = (time.perf_counter() - self.start) / max(step - self.first_step, 1)
         log.info("%s: step %d/%d, ETA %.0fs", self.label, step, self.total, rate * (self.total - step))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        self.total = self.total or state.max_steps  # epoch-based stages: the trainer knows it once it starts
         if logs and "train_runtime" not in logs:  # the trainer's closing summary is not a step
             self.record(state.global_step, logs)

@@ -1,0 +1,23 @@
+"""Progress lines of a node's training, through a real (SQLite) MLflow store."""
+
+import logging
+
+from transformers import TrainerState
+
+
+def test_an_epoch_based_stage_reports_progress_against_the_trainers_step_count(tmp_path, monkeypatch, caplog):
+    """Forward KL runs by epochs, so its node learns the step count only when the trainer starts."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    from sparse2dense.tracking import Tracker
+
+    tracker = Tracker("s2d-progress")
+    progress = tracker.progress(None, "forward_kl fkl-only", total_steps=0)
+    state = TrainerState(max_steps=40)
+    with caplog.at_level(logging.INFO, logger="sparse2dense"):
+        for step in (10, 20, 40):
+            state.global_step = step
+            progress.on_log(None, state, None, logs={"loss": 1.0})
+    lines = [r.getMessage() for r in caplog.records if "fkl-only" in r.getMessage()]
+    assert lines[0] == "forward_kl fkl-only: step 10/40"
+    assert lines[1].startswith("forward_kl fkl-only: step 20/40, ETA ") and not lines[1].endswith("-0s")
+    assert lines[2] == "forward_kl fkl-only: step 40"
