@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
 from sparse2dense.config import ConfigError, load_grid, load_profile
 
-PROFILES = ["smoke", "toy", "qwen3-8b-1.7b", "qwen3-14b-1.7b", "llama-70b-8b", "hub-smoke"]
+PROFILES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "profiles").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -61,6 +63,16 @@ def test_overrides_are_validated():
     assert load_profile("smoke", {"data.labeled_budget": 8}).data.labeled_budget == 8
     with pytest.raises(ConfigError, match="data.labeled_budget"):
         load_profile("smoke", {"data.labeled_budget": -1})
+
+
+def test_budget_sweep_grid_plans_every_strategy_at_every_budget():
+    from sparse2dense import dag
+
+    grid = load_grid("budget-sweep")
+    plan = dag.plan(load_profile("toy"), grid)
+    assert {(r.arm, r.budget) for r in plan.rows} == {(a, b) for a in grid.arms for b in grid.budgets}
+    # What spends no labels is planned once, whatever the budget.
+    assert len({r.evaluation.key for r in plan.rows if r.arm == "raw-teacher-bridge"}) == 1
 
 
 def test_allocation_grid():
