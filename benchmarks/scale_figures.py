@@ -6,8 +6,10 @@ Each mode runs `s2d grid` from an empty root of its own (artifacts, MLflow store
   inline    every node in the grid's process (the smoke profile as shipped)
   launched  every node in a process of its own (`launch: process`)
   ddp       the smoke-ddp profile: training nodes on 2 processes through `accelerate launch`
-  ray       `--runner ray` on a local Ray started by the grid: independent nodes side by side
-grid_wall_s is the whole command; node_compute_s the sum of the nodes' own compute times.
+  ray       `--runner ray` on a local Ray started by the grid: independent nodes side by side (Ray workers
+            log from their own processes, so this mode runs against Prefect and MLflow servers, started first)
+grid_wall_s is the whole command; node_compute_s the sum of the nodes' own compute times (inside the
+node's process when it is launched).
 """
 
 import argparse
@@ -20,6 +22,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from sparse2dense import servers
 
 MODES = ("inline", "launched", "ddp", "ray")
 
@@ -40,9 +44,17 @@ def run(mode: str, root: Path) -> dict:
     env = {**os.environ, "S2D_ARTIFACTS": str(root / "artifacts"), "PREFECT_HOME": str(root / "prefect"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
     command = [sys.executable, "-m", "sparse2dense.cli", "grid", "--profile", profile_for(mode, root)]
-    command += ["--runner", "ray"] if mode == "ray" else []
+    if mode == "ray":
+        prefect, mlflow = servers.start(root / "servers", prefect_port=servers.free_port(),
+                                        mlflow_port=servers.free_port())
+        env |= {"PREFECT_API_URL": f"{prefect.url}/api", "MLFLOW_TRACKING_URI": mlflow.url}
+        command += ["--runner", "ray"]
     start = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        if mode == "ray":
+            servers.stop(root / "servers")
     wall = time.perf_counter() - start
     found = [json.loads(p.read_text()) for p in (root / "artifacts").glob("*/*/manifest.json")]
     return {"figure": "smoke grid", "mode": mode, "nodes": len(found), "grid_wall_s": round(wall, 1),
