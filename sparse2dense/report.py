@@ -83,11 +83,20 @@ def markdown(table: list[dict]) -> str:
     head = ["arm", *(["L"] if sweep else []), "seeds", *names, "labels used", "compute (s)"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in lines:
-        cells = [f"{100 * r[n]:.1f} ± {100 * r[n + ' sem']:.1f}" if n in r else "-" for n in names]
+        cells = [_cell(r, n) for n in names]
         row = [r["arm"], *([str(r["budget"])] if sweep else []), str(r["seeds"]), *cells, r["labels_on"],
                f"{r['compute_s']:.0f}"]
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out) + "\n"
+
+
+def _cell(line: dict, name: str) -> str:
+    """Mean ± standard error in %; one seed has no error to give."""
+    if name not in line:
+        return "-"
+    if line["seeds"] < 2:
+        return f"{100 * line[name]:.1f}"
+    return f"{100 * line[name]:.1f} ± {100 * line[name + ' sem']:.1f}"
 
 
 def to_csv(table: list[dict]) -> str:
