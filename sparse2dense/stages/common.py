@@ -81,7 +81,7 @@ def checkpoint_step(path: str | None) -> int | None:
 
 def result(*, model: Path | str | None = None, metrics: dict | None = None, labels_used: int = 0,
            labels_on: str | None = None, compute_s: float, resumed_from_step: int | None = None,
-           **outputs) -> dict:
+           placement: dict | None = None, **outputs) -> dict:
     """The small manifest a stage returns; the DAG layer adds keys, lineage and tracking."""
     files = {k: str(v) for k, v in outputs.items()}
     if model is not None:
@@ -95,6 +95,7 @@ def result(*, model: Path | str | None = None, metrics: dict | None = None, labe
         "resumed_from_step": resumed_from_step,
         "world_size": world_size(),
         "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", 1)),  # processes per machine
+        "placement": placement,  # training nodes: strategy, shards and dtypes as measured (stages.sharding)
     }
 
 

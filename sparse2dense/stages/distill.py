@@ -33,6 +33,7 @@ from .common import (
     vllm_args,
     world_size,
 )
+from .sharding import Sharded, fsdp_enabled, shard_frozen
 from .supervised import (
     FORWARD,
     REVERSE,
@@ -64,11 +65,14 @@ def forward_kl(profile: Profile, spec: ForwardKLSpec, student_path: str, rollout
         # Arguments first: under ZeRO-3 they make the model loads below shard while loading.
         args = TrainingArguments(**trainer_args(spec, profile.hardware, out, seed, steps=0, per_step=spec.batch_size,
                                                 micro_batch=spec.micro_batch), num_train_epochs=spec.epochs)
-        student = load_model(student_path, profile.hardware, trainable=True, trust_remote_code=trust)
+        # Under FSDP both load on the CPU (the main process alone holds real weights) and the trainer shards them.
+        device = "cpu" if fsdp_enabled() else None
+        student = load_model(student_path, profile.hardware, trainable=True, device=device, trust_remote_code=trust)
         probing = spec.probe_size > 0 and world_size() == 1
         teacher = None
         if spec.target == "soft" or probing:
-            teacher = load_model(teacher_path, profile.hardware, trainable=False, trust_remote_code=trust).eval()
+            teacher = load_model(teacher_path, profile.hardware, trainable=False, device=device,
+                                 trust_remote_code=trust).eval()
         probe = _probe(rows[: spec.probe_size], tokenizer, student, teacher, profile) if probing else None
         before = probe() if probe else None
         common = dict(model=student, args=args, train_dataset=Dataset.from_list(rows),
@@ -81,11 +85,14 @@ def forward_kl(profile: Profile, spec: ForwardKLSpec, student_path: str, rollout
     if probe:
         metrics |= {"forward_kl_before": before, "forward_kl_after": after}
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),
-                  metrics=metrics)
+                  metrics=metrics, placement=trainer.placement(getattr(trainer, "teacher", None)))
 
 
-class _DistillationTrainer(DecayEveryParameter, DistillationTrainer):
-    pass
+class _DistillationTrainer(DecayEveryParameter, Sharded, DistillationTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled:  # TRL prepares the teacher only for DeepSpeed: under FSDP it stays whole, on CPU
+            self.teacher_model = shard_frozen(self.teacher_model, self.accelerator)
 
 
 def _probe(rows: list[dict], tokenizer, student, teacher, profile: Profile):
@@ -123,7 +130,7 @@ def opd(profile: Profile, spec: OPDSpec, teacher_path: str, student_path: str, s
     if probe:
         metrics |= {"reverse_kl_before": before, "reverse_kl_after": after}
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),
-                  metrics=metrics)
+                  metrics=metrics, placement=trainer.placement(trainer.teacher_model))
 
 
 def _opd_probe(trainer, tokenizer, convs: list[list[dict]], spec: OPDSpec, profile: Profile, seed: int):

@@ -27,6 +27,7 @@ from .common import (
     trainer_args,
     vllm_args,
 )
+from .sharding import Sharded
 
 
 class LabelLedger(TrainerCallback):
@@ -84,11 +85,11 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
         history, resume = run_trainer(trainer, out)
         read = ledger.total(trainer, out)
     return result(model=out / MODEL_DIR, compute_s=clock["seconds"], resumed_from_step=checkpoint_step(resume),
-                  labels_used=read if new_labels else 0, labels_on=split.name,
+                  labels_used=read if new_labels else 0, labels_on=split.name, placement=trainer.placement(),
                   metrics={"steps": trainer.state.global_step, "labels_read": read, **log_summary(history, "reward")})
 
 
-class _GRPOTrainer(DecayEveryParameter, GRPOTrainer):
+class _GRPOTrainer(DecayEveryParameter, Sharded, GRPOTrainer):
     pass
 
 

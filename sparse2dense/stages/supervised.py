@@ -15,6 +15,7 @@ from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 from trl.models.utils import _ForwardRedirection
 
 from .common import DecayEveryParameter
+from .sharding import Sharded, shard_frozen
 
 IGNORE = -100
 FORWARD, REVERSE = 0.0, 1.0  # TRL's beta: 0 = KL(teacher || student), 1 = KL(student || teacher)
@@ -79,8 +80,8 @@ def mean_divergence(student, teacher, batch: dict, beta: float) -> float:
     return float(divergence_sum(student, teacher, batch, beta)) / tokens
 
 
-class SupervisedTrainer(DecayEveryParameter, Trainer):
-    """transformers' Trainer with the authors' weight decay; its loss is the model's cross-entropy."""
+class SupervisedTrainer(DecayEveryParameter, Sharded, Trainer):
+    """transformers' Trainer with the authors' weight decay and FSDP2 settings; its loss is the model's cross-entropy."""
 
 
 class ForwardKLTrainer(SupervisedTrainer):
@@ -93,6 +94,8 @@ class ForwardKLTrainer(SupervisedTrainer):
             from trl.models import prepare_deepspeed
 
             self.teacher = prepare_deepspeed(teacher, self.accelerator)
+        elif self.is_fsdp_enabled:  # accelerate's evaluation-mode prepare neither places nor shards it
+            self.teacher = shard_frozen(teacher, self.accelerator)
         else:
             self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
 

@@ -1,0 +1,125 @@
+"""FSDP2 as the paper's runs need it, on GPUs and on CPU processes alike.
+
+- accelerate turns FSDP on only for accelerator devices; here `strategy: fsdp2` on CPU processes
+  (gloo) takes the same path, so the sharded code runs, and is tested, without a GPU.
+- Gradients are reduced in fp32 under bf16 compute (as verl does), and every micro-batch
+  reduce-scatters its gradients, so accumulation happens on the fp32 shards instead of on a full
+  bf16 copy of the gradients on every rank.
+- Frozen models (the OPD and forward-KL teachers) are sharded as the student is: per decoder layer,
+  read once by the main process and handed out in shards.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+from transformers import TrainerCallback
+
+
+def fsdp_enabled() -> bool:
+    """`accelerate launch` with an FSDP config says so in the environment of every rank."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+class Sharded:
+    """Mix in before the trainer class: FSDP2 on CPU too, fp32 reduction, placement in `placement()`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._probe = _GradientProbe()
+        self.add_callback(self._probe)
+
+    def create_accelerator_and_postprocess(self):
+        if fsdp_enabled():
+            # Reduce-scatter every micro-batch: gradients accumulate sharded, in fp32.
+            self.args.accelerator_config.gradient_accumulation_kwargs = {"sync_each_batch": True}
+        with _fsdp_on_cpu():
+            super().create_accelerator_and_postprocess()
+        if self.is_fsdp_enabled:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            compute = torch.bfloat16 if self.args.bf16 else None
+            self.accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
+                param_dtype=compute, reduce_dtype=torch.float32)
+
+    def placement(self, teacher=None) -> dict:
+        """How the models were laid out, as measured on this rank (the main one writes it)."""
+        facts = {"strategy": "fsdp2" if self.is_fsdp_enabled else "replicated",
+                 "student_local_fraction": local_fraction(self.model), **self._probe.facts}
+        if teacher is not None:
+            facts["teacher_local_fraction"] = local_fraction(teacher)
+        return facts
+
+
+def shard_frozen(model, accelerator):
+    """A frozen model sharded like the trained one: accelerate's FSDP2 preparation, which (with
+    cpu_ram_efficient_loading) keeps the full weights on the main process only and broadcasts them."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    model.requires_grad_(False)
+    return fsdp2_prepare_model(accelerator, model).eval()
+
+
+def local_fraction(model) -> float:
+    """This rank's share of the model's parameters: 1.0 when replicated, 1/world size when fully sharded."""
+    local = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        local += p.to_local().numel() if isinstance(p, torch.distributed.tensor.DTensor) else p.numel()
+    return round(local / total, 4) if total else 1.0
+
+
+def reduction_dtypes(model) -> dict:
+    """The compute and reduction dtypes of the FSDP2 groups actually in place in `model`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    compute, reduce = set(), set()
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            group = module._get_fsdp_state()._fsdp_param_group
+            if group is not None:
+                compute.add(str(group.mp_policy.param_dtype or "float32").removeprefix("torch."))
+                reduce.add(str(group.mp_policy.reduce_dtype or "float32").removeprefix("torch."))
+    return {"compute_dtypes": sorted(compute), "reduce_dtypes": sorted(reduce)}
+
+
+class _GradientProbe(TrainerCallback):
+    """At the first optimizer step: the gradients' layout and the FSDP groups' dtypes."""
+
+    def __init__(self):
+        self.facts: dict = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.facts or model is None:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        sharded = [isinstance(g, torch.distributed.tensor.DTensor) for g in grads]
+        self.facts = {"gradients_sharded": bool(grads) and all(sharded),
+                      "gradient_dtype": str(grads[0].dtype).removeprefix("torch.") if grads else None,
+                      **reduction_dtypes(model)}
+
+
+@contextmanager
+def _fsdp_on_cpu():
+    """Let accelerate's state take FSDP on CPU processes (it sets FSDP only from the accelerator types)."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+
+    def init(state, *args, fsdp_plugin=None, **kwargs):
+        original(state, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and state.distributed_type == DistributedType.MULTI_CPU:
+            state.distributed_type = DistributedType.FSDP
+            if state._mixed_precision != "no":
+                fsdp_plugin.set_mixed_precision(state._mixed_precision)
+            state.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+    AcceleratorState.__init__ = init
+    try:
+        yield
+    finally:
+        AcceleratorState.__init__ = original
