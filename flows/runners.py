@@ -64,7 +64,8 @@ def ray_problems(profile: Profile, root: Path, address: str | None) -> list[str]
     here = {socket.gethostbyname(socket.gethostname()), *LOOPBACK, ray.util.get_node_ip_address()}
     remote = [n["NodeManagerAddress"] for n in nodes if n["NodeManagerAddress"] not in here]
     uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    if not uri.startswith(("http://", "https://")):
+    if not uri.startswith(("http://", "https://")) and (address or remote):
+        # A Ray started here runs every worker on this machine, beside the local store; a cluster needs a server.
         problems.append(f"MLFLOW_TRACKING_URI is {uri}: Ray workers log from their own processes and hosts, which a "
                         "local store cannot serve; start a tracking server (`make ui`) and set "
                         "MLFLOW_TRACKING_URI=http://HOST:5000")

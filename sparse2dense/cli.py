@@ -90,7 +90,9 @@ def cmd_grid(args) -> int:
     from . import preflight
 
     plan = _plan(args)  # validate the whole configuration before Prefect starts anything
-    problems = preflight.problems(plan, artifacts_root(args.artifacts))
+    # A gang on the local runner is refused first: no other check could make it run.
+    problems = (preflight.local_gangs(plan) if args.runner == "local" else []) or \
+        preflight.problems(plan, artifacts_root(args.artifacts))
     # A busy laptop can take longer than Prefect's default 20 s to start its temporary server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if problems:

@@ -44,7 +44,8 @@ def _pools(pool_json: str) -> tuple[list[dict], list[dict], dict[str, int]]:
         from . import hub_data
 
         loaded = hub_data.load_hub_rows(d["train_dataset"], path=d["train_path"])
-        train, heldout = hub_data.split_dapo(loaded.rows, seed=d["split_seed"], heldout_fraction=d["heldout_fraction"])
+        train, heldout = hub_data.split_dapo(loaded.rows, seed=d["split_seed"], heldout_fraction=d["heldout_fraction"],
+                                             places=loaded.places, records=loaded.records)
         return train, heldout, loaded.skipped
     pool = toy_task.generate(ToyTaskSpec(**d["toy"]), d["pool_size"], seed=_TOY_POOL_SEED + d["split_seed"])
     random.Random(d["split_seed"]).shuffle(pool)

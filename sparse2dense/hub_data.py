@@ -25,6 +25,9 @@ Row = dict[str, str]
 class Loaded(NamedTuple):
     rows: list[Row]
     skipped: dict[str, int]  # reason -> count
+    # Each row's place among the distinct records, unusable ones included: the authors shuffle those.
+    places: list[int] | None = None
+    records: int | None = None  # how many distinct records there were
 
 
 class BadRow(ValueError):
@@ -163,6 +166,8 @@ def load_hub_rows(name: str, path: str | None = None, limit: int | None = None) 
         raise ValueError(f"{name}: expected column {missing[0]!r} in {where}, found {raw.column_names}")
 
     rows: list[Row] = []
+    places: list[int] = []
+    records = 0
     skipped: Counter[str] = Counter()
     seen: set[str] = set()
     # Batched column access: per-row iteration over DAPO's ~1.79M raw rows would be needlessly slow.
@@ -172,6 +177,7 @@ def load_hub_rows(name: str, path: str | None = None, limit: int | None = None) 
                 row = source.to_row(dict(zip(source.columns, values)))
             except BadRow as why:
                 skipped[str(why)] += 1
+                records += 1
                 continue
             if source.dedup:
                 if row["problem"] in seen:
@@ -179,20 +185,30 @@ def load_hub_rows(name: str, path: str | None = None, limit: int | None = None) 
                     continue
                 seen.add(row["problem"])
             rows.append(row)
+            places.append(records)
+            records += 1
             if limit is not None and len(rows) >= limit:
-                return Loaded(rows, dict(skipped))
-    return Loaded(rows, dict(skipped))
+                return Loaded(rows, dict(skipped), places, records)
+    return Loaded(rows, dict(skipped), places, records)
 
 
-def split_dapo(rows: list[Row], seed: int = 42, heldout_fraction: float = 0.2) -> tuple[list[Row], list[Row]]:
+def split_dapo(rows: list[Row], seed: int = 42, heldout_fraction: float = 0.2, places: list[int] | None = None,
+               records: int | None = None) -> tuple[list[Row], list[Row]]:
     """(train, heldout) of deduplicated DAPO rows by the authors' rule (src/data/prepare_grpo_data.py).
 
     `Dataset.shuffle(seed=42)` (a PCG64 permutation from `np.random.default_rng(seed)`), then the FIRST
     int(0.8 n) rows are train and the rest held out: 17,398 rows -> 13,918 train / 3,480 held out.
     (`train_test_split` shuffles the same way but takes its test set from the front: same sizes, disjoint sets.)
     Reimplemented with numpy so the split needs no Arrow round trip.
+
+    The authors shuffle every distinct record and drop none, so unusable records keep their places in the
+    permutation (`places`: each row's index among the `records` distinct ones) and are left out afterwards:
+    one bad record does not move every other row to the other side of the cut.
     """
-    n = len(rows)
+    places = list(range(len(rows))) if places is None else places
+    n = len(rows) if records is None else records
     n_train = int((1 - heldout_fraction) * n)
+    row_at = dict(zip(places, rows))
     order = np.random.default_rng(seed).permutation(n)
-    return [rows[i] for i in order[:n_train]], [rows[i] for i in order[n_train:]]
+    return ([row_at[i] for i in order[:n_train] if i in row_at],
+            [row_at[i] for i in order[n_train:] if i in row_at])

@@ -39,6 +39,21 @@ def problems(plan: Plan, root: Path) -> list[str]:
     return found
 
 
+def local_gangs(plan: Plan) -> list[str]:
+    """Nodes that span machines cannot run under the local runner, which starts every rank on this host."""
+    spans = {}
+    for node in plan.nodes.values():
+        r = plan.profile.resources.of(node.kind, node.params.get("settings"))
+        if r.machines > 1:
+            spans[f"{node.kind} {node.name}"] = f"{r.machines} machines x {r.gpus or r.processes} GPUs"
+    if not spans:
+        return []
+    named = ", ".join(f"{name} needs {need}" for name, need in sorted(spans.items()))
+    return [f"{named}; the local runner would start every rank on this one machine: start a Ray cluster "
+            "(`ray start --head` on one machine, `ray start --address HEAD:6379` on the others) and run "
+            "s2d grid --runner ray --address HEAD:6379"]
+
+
 def _artifact_root(root: Path) -> list[str]:
     probe = root / f".write-probe-{uuid.uuid4().hex}"
     try:

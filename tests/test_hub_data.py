@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -144,7 +145,7 @@ def test_bad_rows_are_counted_by_reason_and_skipped(tmp_path):
     assert loaded.skipped == {"empty problem": 1, "missing answer": 2}
     # A column of another type (floats, booleans) cannot be compared reliably: every row is skipped, and counted.
     floats = write_aime(tmp_path / "b.jsonl", [{"id": 1, "problem": "P", "answer": 2.5}])
-    assert load_hub_rows("aime25", path=floats) == ([], {"non-string answer": 1})
+    assert load_hub_rows("aime25", path=floats)[:2] == ([], {"non-string answer": 1})
 
 
 def test_a_benchmark_with_no_usable_rows_is_refused(tmp_path):
@@ -191,3 +192,22 @@ def test_dedup_copy_is_read_as_it_is(tmp_path):
     pq.write_table(pq.read_table(DAPO).slice(0, 3), path)
     loaded = load_hub_rows("dapo-math-17k-dedup", path=str(path))
     assert [r["answer"] for r in loaded.rows] == [r["reward_model"]["ground_truth"] for r in raw[:3]]
+
+
+def test_split_dapo_shuffles_every_record_before_unusable_ones_are_left_out():
+    """One unusable record must not move the other rows across the cut: the authors shuffle all records."""
+    rows = [{"id": f"dapo-{i}", "problem": f"p{i}", "answer": str(i)} for i in range(997)]
+    full_train, full_heldout = split_dapo(rows)
+    kept = rows[1:]  # record 0 was unusable
+    train, heldout = split_dapo(kept, places=list(range(1, 997)), records=997)
+    assert train == [r for r in full_train if r["id"] != "dapo-0"]
+    assert heldout == [r for r in full_heldout if r["id"] != "dapo-0"]
+
+
+def test_loaded_rows_keep_their_places_among_the_records(tmp_path):
+    table = pq.read_table(DAPO).to_pylist()
+    broken = [{**table[0], "reward_model": {**table[0]["reward_model"], "ground_truth": ""}}, *table]
+    path = tmp_path / "dapo.parquet"
+    pq.write_table(pa.Table.from_pylist(broken), path)
+    loaded = load_hub_rows("dapo-math-17k-dedup", path=str(path))
+    assert loaded.places[0] == 1 and loaded.records == len(loaded.rows) + sum(loaded.skipped.values())

@@ -167,14 +167,27 @@ def log_summary(history: list[dict], key: str) -> dict:
     return {f"{key}_first": values[0], f"{key}_last": values[-1]} if values else {}
 
 
-def vllm_args(profile) -> dict:
-    """TRL generates with vLLM colocated in each training rank when the profile's backend resolves to it."""
+def vllm_args(profile, tokenizer=None, prompts=(), completion_length: int = 0) -> dict:
+    """TRL generates with vLLM colocated in each training rank when the profile's backend resolves to it.
+
+    The engine's context is bounded to the longest prompt plus the completion limit: left unset, vLLM sizes
+    its KV cache for the model's own context (40,960 tokens for Qwen3, 131,072 for Llama) inside its share.
+    """
     from ..generation import resolve_backend
 
     g = profile.generation
-    return dict(use_vllm=resolve_backend(g, profile.hardware) == "vllm", vllm_mode="colocate",
+    use = resolve_backend(g, profile.hardware) == "vllm"
+    context = longest_prompt(tokenizer, prompts, profile.data.chat_template_kwargs) + completion_length \
+        if use and tokenizer is not None and prompts else None
+    return dict(use_vllm=use, vllm_mode="colocate", vllm_max_model_length=context,
                 vllm_gpu_memory_utilization=g.colocate_gpu_memory_utilization,
                 vllm_tensor_parallel_size=g.colocate_tensor_parallel_size, vllm_enable_sleep_mode=g.sleep_mode)
+
+
+def longest_prompt(tokenizer, prompts, chat_template_kwargs: dict | None = None) -> int:
+    """Tokens in the longest chat prompt, generation prompt included, as the trainers tokenize it."""
+    return max(len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True,
+                                                 **(chat_template_kwargs or {}))) for p in prompts)
 
 
 def run_trainer(trainer, out: Path) -> tuple[list[dict], str | None]:

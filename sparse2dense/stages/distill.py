@@ -116,7 +116,7 @@ def opd(profile: Profile, spec: OPDSpec, teacher_path: str, student_path: str, s
     with stopwatch() as clock:
         tokenizer = load_tokenizer(student_path, trust)
         convs = [data.messages(r["problem"], profile.data) for r in split.rows]
-        config = opd_config(profile, spec, out, seed)
+        config = opd_config(profile, spec, out, seed, tokenizer, convs)
         trainer = _DistillationTrainer(
             model=student_path, teacher_model=teacher_path, args=config,
             train_dataset=Dataset.from_list([{"prompt": c} for c in convs]),
@@ -150,13 +150,15 @@ def _opd_probe(trainer, tokenizer, convs: list[list[dict]], spec: OPDSpec, profi
     return measure
 
 
-def opd_config(profile: Profile, spec: OPDSpec, out: Path, seed: int) -> DistillationConfig:
+def opd_config(profile: Profile, spec: OPDSpec, out: Path, seed: int, tokenizer=None,
+               prompts=()) -> DistillationConfig:
     trust = profile.models.trust_remote_code
     return DistillationConfig(
         **trainer_args(spec, profile.hardware, out, seed, spec.steps, per_step=spec.prompts_per_step,
                        micro_batch=spec.micro_batch),
         beta=REVERSE, temperature=spec.temperature, max_completion_length=spec.max_completion_length,
-        chat_template_kwargs=profile.data.chat_template_kwargs or None, **vllm_args(profile),
+        chat_template_kwargs=profile.data.chat_template_kwargs or None,
+        **vllm_args(profile, tokenizer, prompts, spec.max_completion_length),
         model_init_kwargs={"dtype": "float32", "trust_remote_code": trust},  # fp32 master weights
         teacher_model_init_kwargs={"dtype": str(dtype_for(profile.hardware)).removeprefix("torch."),
                                    "trust_remote_code": trust},

@@ -75,10 +75,12 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
     ledger = LabelLedger(profile.data.checker)
     with stopwatch() as clock:
         tokenizer = load_tokenizer(model_path, profile.models.trust_remote_code)
-        dataset = Dataset.from_list([{"prompt": data.messages(r["problem"], profile.data), "answer": r["answer"],
-                                      "id": r["id"]} for r in split.rows])
+        prompts = [data.messages(r["problem"], profile.data) for r in split.rows]
+        dataset = Dataset.from_list([{"prompt": p, "answer": r["answer"], "id": r["id"]}
+                                     for p, r in zip(prompts, split.rows)])
         trainer = _GRPOTrainer(
-            model=model_path, reward_funcs=ledger.correctness, args=grpo_config(profile, spec, out, seed),
+            model=model_path, reward_funcs=ledger.correctness,
+            args=grpo_config(profile, spec, out, seed, tokenizer, prompts),
             train_dataset=dataset, processing_class=tokenizer, callbacks=[ledger, *callbacks],
         )
         ledger.restore(last_checkpoint(out))
@@ -93,7 +95,7 @@ class _GRPOTrainer(DecayEveryParameter, Sharded, GRPOTrainer):
     pass
 
 
-def grpo_config(profile: Profile, spec: GRPOSpec, out: Path, seed: int) -> GRPOConfig:
+def grpo_config(profile: Profile, spec: GRPOSpec, out: Path, seed: int, tokenizer=None, prompts=()) -> GRPOConfig:
     args = trainer_args(spec, profile.hardware, out, seed, spec.steps,
                         per_step=spec.prompts_per_step * spec.num_generations, micro_batch=spec.micro_batch)
     return GRPOConfig(
@@ -103,5 +105,5 @@ def grpo_config(profile: Profile, spec: GRPOSpec, out: Path, seed: int) -> GRPOC
         delta=spec.dual_clip, vllm_importance_sampling_correction=spec.importance_sampling_correction,
         loss_type=spec.loss_type, beta=spec.beta, chat_template_kwargs=profile.data.chat_template_kwargs or None,
         model_init_kwargs={"dtype": "float32", "trust_remote_code": profile.models.trust_remote_code},
-        **vllm_args(profile),
+        **vllm_args(profile, tokenizer, prompts, spec.max_completion_length),
     )

@@ -81,7 +81,7 @@ def mean_divergence(student, teacher, batch: dict, beta: float) -> float:
 
 
 class SupervisedTrainer(DecayEveryParameter, Sharded, Trainer):
-    """transformers' Trainer with the authors' weight decay and FSDP2 settings; its loss is the model's cross-entropy."""
+    """transformers' Trainer with the authors' weight decay and FSDP2 settings; the loss is the model's own."""
 
 
 class ForwardKLTrainer(SupervisedTrainer):

@@ -1,0 +1,73 @@
+"""The sharded path on a laptop: the hub-smoke grid with every training node under FSDP2 on 2 CPU processes.
+
+What the paper's GPU runs depend on, measured in each training node's manifest (`placement`, written by the
+main rank from the models as they were laid out): the student and the distillation teachers hold a shard
+of their parameters on each rank, compute runs in bf16 and gradients are reduced in fp32, as sharded fp32
+tensors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+TRAINED = ("grpo", "replay", "forward_kl", "opd")  # the base nodes of a hub profile are only fetched
+
+
+@pytest.fixture(scope="module")
+def fsdp_grid(tmp_path_factory):
+    work = tmp_path_factory.mktemp("hub-smoke-fsdp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "S2D_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(work / "hf"),
+            "XDG_CACHE_HOME": str(work / "cache"), "S2D_ARTIFACTS": str(work / "artifacts"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db", "PREFECT_HOME": str(work / "prefect"),
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+    def run(*args, timeout=1200):
+        done = subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+        return done.stdout
+
+    run("-m", "sparse2dense.hub_smoke", timeout=300)
+    run("-m", "sparse2dense.cli", "grid", "--profile", "hub-smoke-fsdp")
+    report = json.loads(run("-m", "sparse2dense.cli", "report", "--profile", "hub-smoke-fsdp", "--format", "json"))
+    found = [json.loads(p.read_text()) for p in sorted((work / "artifacts").glob("*/*/manifest.json"))]
+    return report, found
+
+
+def test_every_arm_finishes_offline_with_its_training_nodes_sharded_on_two_processes(fsdp_grid):
+    from sparse2dense.config import load_grid
+
+    report, found = fsdp_grid
+    assert {r["arm"] for r in report} == set(load_grid("allocation").arms)
+    assert all(r["status"] == "completed" for r in report), report
+    trained = [m for m in found if m["kind"] in TRAINED]
+    assert {m["kind"] for m in trained} == set(TRAINED)
+    for m in trained:
+        assert (m["world_size"], m["placement"]["strategy"]) == (2, "fsdp2"), m["name"]
+
+
+def test_student_and_teachers_each_hold_a_shard_on_each_rank(fsdp_grid):
+    _, found = fsdp_grid
+    for m in found:
+        if m["kind"] in TRAINED:
+            placed = m["placement"]
+            assert placed["student_local_fraction"] < 1, m["name"]
+            assert placed["gradients_sharded"], m["name"]
+            if m["kind"] in ("opd", "forward_kl"):  # before: a whole teacher on every rank, on the CPU
+                assert placed["teacher_local_fraction"] < 1, m["name"]
+
+
+def test_gradients_are_reduced_in_fp32_under_bf16_compute(fsdp_grid):
+    _, found = fsdp_grid
+    for m in found:
+        if m["kind"] in TRAINED:
+            placed = m["placement"]
+            assert placed["compute_dtypes"] == ["bfloat16"], m["name"]
+            assert placed["reduce_dtypes"] == ["float32"], m["name"]  # TRL's fsdp2 config reduces in bf16
+            assert placed["gradient_dtype"] == "float32", m["name"]
