@@ -75,3 +75,22 @@ def test_the_cli_refuses_with_one_line_and_computes_nothing(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 0, err
     assert err.startswith("s2d grid: data.labeled_budget = 9 is larger than its pool: 4 labeled problems")
     assert not (tmp_path / "artifacts" / "base").exists()
+
+
+def test_a_gang_under_the_local_runner_is_refused_in_one_line_before_anything_else():
+    plan = dag.plan(load_profile("llama-70b-8b"), load_grid("allocation"), None, [0])
+    [line] = preflight.local_gangs(plan)
+    assert "grpo teacher-grpo needs 2 machines x 8 GPUs" in line and "--runner ray" in line
+    assert "direct-grpo" not in line  # the student's GRPO runs on one machine
+    assert preflight.local_gangs(dag.plan(load_profile("qwen3-8b-1.7b"), load_grid("allocation"), None, [0])) == []
+
+
+def test_colocated_vllm_context_is_the_longest_prompt_plus_the_completion_limit():
+    from sparse2dense.models import build_toy_tokenizer
+    from sparse2dense.stages.common import vllm_args
+
+    smoke = load_profile("smoke")
+    profile = smoke.model_copy(update={"generation": smoke.generation.model_copy(update={"backend": "vllm"})})
+    prompts = [[{"role": "user", "content": "1+2"}], [{"role": "user", "content": "10+20+30"}]]
+    args = vllm_args(profile, build_toy_tokenizer(), prompts, 24)
+    assert args["use_vllm"] and args["vllm_max_model_length"] == 1 + len("10+20+30") + 1 + 24

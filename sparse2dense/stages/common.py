@@ -186,8 +186,9 @@ def vllm_args(profile, tokenizer=None, prompts=(), completion_length: int = 0) -
 
 def longest_prompt(tokenizer, prompts, chat_template_kwargs: dict | None = None) -> int:
     """Tokens in the longest chat prompt, generation prompt included, as the trainers tokenize it."""
-    return max(len(tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True,
-                                                 **(chat_template_kwargs or {}))) for p in prompts)
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {}))
+             for p in prompts]
+    return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def run_trainer(trainer, out: Path) -> tuple[list[dict], str | None]:
