@@ -186,8 +186,8 @@ def vllm_args(profile, tokenizer=None, prompts=(), completion_length: int = 0) -
 
 def longest_prompt(tokenizer, prompts, chat_template_kwargs: dict | None = None) -> int:
     """Tokens in the longest chat prompt, generation prompt included, as the trainers tokenize it."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {}))
-             for p in prompts]
+    kwargs = chat_template_kwargs or {}
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **kwargs) for p in prompts]
     return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
