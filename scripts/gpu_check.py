@@ -762,11 +762,11 @@ def vllm_child(args) -> int:
              for _ in range(sizes["vllm_prompts"])]
     start = time.perf_counter()
     generator = VLLMGenerator(args.vllm_child, GenerationSpec(backend="vllm", gpu_memory_utilization=0.6),
-                              HardwareSpec(device="cuda", precision="bf16"), {"enable_thinking": False})
+                              HardwareSpec(device="cuda", precision="bf16"), {"enable_thinking": False}, seed=0)
     engine_s = time.perf_counter() - start
     sampling = SamplingSpec(temperature=0.7, top_p=0.8, top_k=20, max_new_tokens=sizes["vllm_tokens"])
     start = time.perf_counter()
-    out = generator.generate(convs, sampling, n=sizes["vllm_samples"], seed=0)
+    out = generator.generate(convs, sampling, n=sizes["vllm_samples"])
     seconds = time.perf_counter() - start
     tokens = sum(s.num_tokens for group in out for s in group)
     generator.close()

@@ -41,17 +41,25 @@ def _plan(args) -> dag.Plan:
     return dag.plan(load_profile(args.profile, overrides), load_grid(args.grid), args.arms, args.seeds)
 
 
+def _length(node: dict) -> str:
+    """A training node's optimizer steps, and the epochs that set them: "360 steps (15 x 6 batches)"."""
+    epochs = node["epochs"]
+    steps = f"{node['steps']} steps" if node["steps"] else ""
+    return f"{steps} ({epochs['epochs']} x {epochs['batches']} batches)" if epochs else steps
+
+
 def cmd_plan(args) -> int:
     plan, root = _plan(args), artifacts_root(args.artifacts)
     costs = cost.estimate(plan, root)
     nodes = [{"key": k, "kind": n.kind, "name": n.name, "arms": plan.arms_of[k], "status": dag.status(root, n),
-              "inputs": {role: p.key for role, p in n.inputs}} | costs.nodes[k].fields() for k, n in plan.nodes.items()]
+              "inputs": {role: p.key for role, p in n.inputs}, "steps": dag.planned_steps(n),
+              "epochs": n.params.get("epochs")} | costs.nodes[k].fields() for k, n in plan.nodes.items()]
     if args.format == "json":
         print(json.dumps(nodes, indent=2))
         return 0
     for n in nodes:
-        print(f"{n['status']:8} {n['kind']:10} {n['key']}  {n['name']:22} {costs.nodes[n['key']].columns()} "
-              f"arms: {','.join(n['arms'])}")
+        print(f"{n['status']:8} {n['kind']:10} {n['key']}  {n['name']:22} {_length(n):>27} "
+              f"{costs.nodes[n['key']].columns()} arms: {','.join(n['arms'])}")
     counts = {s: sum(n["status"] == s for n in nodes) for s in ("cached", "stale", "pending")}
     print(f"{len(nodes)} nodes: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     print("\n".join(cost.describe(costs, plan, {n["key"]: n["status"] for n in nodes})))

@@ -196,10 +196,36 @@ def _fits(field: str, value: int, pool: str, size: int) -> None:
 # --- stages ---------------------------------------------------------------------------
 
 
-class GRPOSpec(TrainSpec):
+class SampledLength(Strict):
+    """How long a trainer that samples its batches runs: optimizer steps, or epochs over its node's own split."""
+
+    steps: PositiveInt | None = Field(None, description="optimizer steps")
+    epochs: PositiveInt | None = Field(None, description="passes over the node's own split in whole sampled batches "
+                                                         "(the authors' drop_last); sets steps from the split's size")
+
+    @model_validator(mode="after")
+    def _one_length(self):
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set either steps or epochs (passes over the node's split)")
+        return self
+
+    def sampled_batch(self) -> tuple[int, int]:
+        """(prompts per sampled batch, optimizer steps per batch)."""
+        raise NotImplementedError
+
+    def batches_in(self, problems: int) -> int:
+        return problems // self.sampled_batch()[0]
+
+    def steps_over(self, problems: int) -> int:
+        """Optimizer steps on a split of `problems`: `steps`, or `epochs` x whole batches x steps per batch."""
+        if self.steps is not None:
+            return self.steps
+        return self.epochs * self.batches_in(problems) * self.sampled_batch()[1]
+
+
+class GRPOSpec(TrainSpec, SampledLength):
     """Defaults are the authors' (DAPO-style clipping, dual clip, token-mean loss, no KL term)."""
 
-    steps: PositiveInt
     prompts_per_step: PositiveInt = Field(description="prompts per optimizer step (the authors' mini-batch)")
     steps_per_generation: PositiveInt = Field(1, description="optimizer steps per sampled batch")
     num_generations: Annotated[int, Field(ge=2)] = 8
@@ -231,6 +257,9 @@ class GRPOSpec(TrainSpec):
         micro_batches = self.prompts_per_step * self.num_generations // self.micro_batch
         return "prompts_per_step x num_generations / micro_batch", micro_batches
 
+    def sampled_batch(self) -> tuple[int, int]:
+        return self.prompts_per_step * self.steps_per_generation, self.steps_per_generation
+
 
 class SamplingSpec(Strict):
     temperature: float = Field(1.0, ge=0, description="0 = greedy")
@@ -261,10 +290,9 @@ class ForwardKLSpec(TrainSpec):
         return "batch_size / micro_batch", self.batch_size // self.micro_batch
 
 
-class OPDSpec(TrainSpec):
+class OPDSpec(TrainSpec, SampledLength):
     """On-policy distillation: student samples, per-token reverse KL to the teacher."""
 
-    steps: PositiveInt
     prompts_per_step: PositiveInt = Field(description="prompts per optimizer step, all processes together")
     micro_batch: PositiveInt = Field(description="prompts per forward/backward pass, per process")
     temperature: float = Field(1.0, gt=0)
@@ -280,6 +308,9 @@ class OPDSpec(TrainSpec):
 
     def batch_units(self) -> tuple[str, int]:
         return "prompts_per_step / micro_batch", self.prompts_per_step // self.micro_batch
+
+    def sampled_batch(self) -> tuple[int, int]:
+        return self.prompts_per_step, 1
 
 
 class EvaluateSpec(SamplingSpec):
@@ -415,7 +446,7 @@ class Profile(Strict):
         if isinstance(data, dict) and isinstance(data.get("grpo"), dict):
             own = data.get("student_grpo") or {}
             if isinstance(own, dict):
-                data = {**data, "student_grpo": {**data["grpo"], **own}}
+                data = {**data, "student_grpo": {**_without_replaced_length(data["grpo"], own), **own}}
         return data
 
     @model_validator(mode="after")
@@ -431,7 +462,19 @@ class Profile(Strict):
                 raise ValueError(f"resources.{kind}: generation runs in one process (use gpus and "
                                  "generation.tensor_parallel_size to spread it)")
         self._check_world_sizes()
+        self._check_epochs()
         return self
+
+    def _check_epochs(self) -> None:
+        """A length in epochs needs at least one whole sampled batch in each split the section trains on."""
+        d = self.data
+        splits = [("grpo", "labeled", d.labeled_budget), ("student_grpo", "labeled", d.labeled_budget),
+                  ("student_grpo", "held-out", d.heldout_budget), ("opd", "distill", d.distill_prompts)]
+        for section, split, size in splits:
+            spec = getattr(self, section)
+            if spec.epochs is not None and not spec.batches_in(size):
+                raise ValueError(f"{section}.epochs: the {split} split ({size} problems) holds no whole batch of "
+                                 f"{spec.sampled_batch()[0]} prompts; set steps, or fewer prompts per batch")
 
     def _check_world_sizes(self) -> None:
         """Each training node's batch must split evenly over its processes."""
@@ -626,11 +669,20 @@ def _with_parents(path: Path, seen: tuple) -> dict:
     return _merge(_with_parents(parent_path, seen + (path,)), data)
 
 
+LENGTHS = ("steps", "epochs")  # two ways to say one thing: the one a child (or student_grpo) sets replaces the other
+
+
 def _merge(base: dict, top: dict) -> dict:
-    merged = dict(base)
+    merged = _without_replaced_length(base, top)
     for key, value in top.items():
         merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return merged
+
+
+def _without_replaced_length(base: dict, top: dict) -> dict:
+    if not set(LENGTHS) & top.keys():
+        return dict(base)
+    return {k: v for k, v in base.items() if k not in LENGTHS}
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:

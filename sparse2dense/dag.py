@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from .config import BASE_MODELS, Grid, GridNode, Profile
+from .config import BASE_MODELS, Grid, GridNode, Profile, SampledLength
 
 log = logging.getLogger("sparse2dense")
 
@@ -112,16 +112,34 @@ def stage_params(profile: Profile, node: GridNode, seed: int) -> dict:
     common = {"seed": seed} | _context(profile)
     if node.kind == "grpo":
         section = node.settings or "grpo"
-        return common | {"settings": section, "spec": getattr(profile, section).model_dump(),
-                         "split": _split(profile, node.split)}
-    if node.kind == "replay":  # Stage 3's settings on labels the teacher already spent
-        return common | {"settings": "student_grpo", "spec": profile.student_grpo.model_dump(),
-                         "split": _split(profile, "labeled")}
+        spec = getattr(profile, section)
+        return common | {"settings": section, "split": _split(profile, node.split),
+                         **_length(spec, _split(profile, node.split)["size"])}
+    if node.kind == "replay":  # Stage 3's settings and as many updates, on labels the teacher already spent
+        return common | {"settings": "student_grpo", "split": _split(profile, "labeled"),
+                         **_length(profile.student_grpo, profile.data.heldout_budget)}
     if node.kind == "rollouts":
         return common | {"spec": profile.rollouts.model_dump(), "split": _split(profile, "distill")}
     if node.kind == "forward_kl":
         return common | {"spec": profile.forward_kl.model_dump()}
-    return common | {"spec": profile.opd.model_dump(), "split": _split(profile, "distill")}
+    return common | {"split": _split(profile, "distill"), **_length(profile.opd, profile.data.distill_prompts)}
+
+
+def _length(spec: SampledLength, problems: int) -> dict:
+    """A sampling stage's settings with its length in optimizer steps; a length in epochs over `problems`
+    stays beside them, so the plan shows both and the key changes with the split's size."""
+    steps = {"spec": spec.model_dump(exclude={"epochs"}) | {"steps": spec.steps_over(problems)}}
+    if spec.epochs is None:
+        return steps
+    return steps | {"epochs": {"epochs": spec.epochs, "over": problems, "batches": spec.batches_in(problems)}}
+
+
+def planned_steps(node: NodeSpec) -> int:
+    """For progress lines: a stage's planned optimizer steps (0 when it does not train or cannot tell)."""
+    p = node.params
+    if node.kind == "base":
+        return (p["model"].get("pretrain") or {}).get("max_steps", 0)
+    return p.get("spec", {}).get("steps", 0)
 
 
 def evaluate_params(profile: Profile, seed: int) -> dict:

@@ -38,16 +38,18 @@ def resolve_backend(spec: GenerationSpec, hardware: HardwareSpec) -> str:
 
 
 class TransformersGenerator:
-    """Batched `model.generate` with left padding; works on an in-memory model too."""
+    """Batched `model.generate` with left padding; works on an in-memory model too. Each call samples from
+    `seed` afresh."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, chat_template_kwargs: dict | None = None):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    def __init__(self, model, tokenizer, batch_size: int = 64, chat_template_kwargs: dict | None = None,
+                 seed: int = 0):
+        self.model, self.tokenizer, self.batch_size, self.seed = model, tokenizer, batch_size, seed
         self.chat_template_kwargs = chat_template_kwargs or {}
         self.end_ids = end_token_ids(model, tokenizer)
 
     @torch.no_grad()
-    def generate(self, conversations: list[list[dict]], sampling: SamplingSpec, n: int = 1, seed: int = 0):
-        torch.manual_seed(seed)  # generate() takes no generator: sampling draws from the global one
+    def generate(self, conversations: list[list[dict]], sampling: SamplingSpec, n: int = 1):
+        torch.manual_seed(self.seed)  # generate() takes no generator: sampling draws from the global one
         was_training = self.model.training
         self.model.eval()
         prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True,
@@ -87,22 +89,24 @@ class TransformersGenerator:
 
 
 class VLLMGenerator:
-    """vLLM offline engine; tensor parallel across the GPUs the profile gives it. Close it to free the GPU."""
+    """vLLM offline engine; tensor parallel across the GPUs the profile gives it. Close it to free the GPU.
+
+    The engine is seeded, not each request: a per-request seed puts vLLM's sampler on its slower path."""
 
     def __init__(self, path, spec: GenerationSpec, hardware: HardwareSpec, chat_template_kwargs=None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, seed: int = 0):
         from vllm import LLM
 
-        self.llm = LLM(model=str(path), tensor_parallel_size=spec.tensor_parallel_size,
+        self.llm = LLM(model=str(path), tensor_parallel_size=spec.tensor_parallel_size, seed=seed,
                        gpu_memory_utilization=spec.gpu_memory_utilization, trust_remote_code=trust_remote_code,
                        dtype="bfloat16" if hardware.precision == "bf16" else "float32")
         self.chat_template_kwargs = chat_template_kwargs or {}
 
-    def generate(self, conversations: list[list[dict]], sampling: SamplingSpec, n: int = 1, seed: int = 0):
+    def generate(self, conversations: list[list[dict]], sampling: SamplingSpec, n: int = 1):
         from vllm import SamplingParams
 
         params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens, seed=seed)
+                                top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens)
         outputs = self.llm.chat(conversations, params, use_tqdm=False,
                                 chat_template_kwargs=self.chat_template_kwargs)
         return [[Sample(o.text, tuple(o.token_ids), tuple(out.prompt_token_ids), o.finish_reason == "length")
@@ -120,17 +124,17 @@ class VLLMGenerator:
 
 
 class open_generator:
-    """`with open_generator(path, profile) as gen:` the profile's backend, closed (GPU memory freed) on exit."""
+    """`with open_generator(path, profile, seed) as gen:` the profile's backend, closed (GPU memory freed) on exit."""
 
-    def __init__(self, path: str | Path, profile: Profile):
+    def __init__(self, path: str | Path, profile: Profile, seed: int):
         trust = profile.models.trust_remote_code
         kwargs = profile.data.chat_template_kwargs
         if resolve_backend(profile.generation, profile.hardware) == "vllm":
-            self.generator = VLLMGenerator(path, profile.generation, profile.hardware, kwargs, trust)
+            self.generator = VLLMGenerator(path, profile.generation, profile.hardware, kwargs, trust, seed)
         else:
             model = load_model(path, profile.hardware, trainable=False, trust_remote_code=trust)
             self.generator = TransformersGenerator(model, load_tokenizer(path, trust), profile.generation.batch_size,
-                                                   kwargs)
+                                                   kwargs, seed)
 
     def __enter__(self):
         return self.generator

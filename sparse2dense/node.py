@@ -53,7 +53,18 @@ def main(spec_path: str) -> int:
         tracker = Tracker(tracking["experiment"])
     run_node(profile, NodeSpec(**spec["node"]), spec["inputs"], Path(spec["root"]), tracker, tracking.get("tags"),
              timeout_s=None)
+    leave_process_group()
     return 0
+
+
+def leave_process_group() -> None:
+    """Every rank waits for the others, then leaves: a rank that exits first would take the rendezvous store
+    (hosted by the first machine) from the ranks still shutting down, and they abort."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 
 from . import data
 from .config import BenchmarkSpec, EvaluateSpec, ForwardKLSpec, GRPOSpec, ModelSpec, OPDSpec, Profile, RolloutsSpec
-from .dag import MANIFEST, NODE_FILE, SPEC, SPLITS_FILE, NodeSpec, code_fingerprint
+from .dag import MANIFEST, NODE_FILE, SPEC, SPLITS_FILE, NodeSpec, code_fingerprint, planned_steps
 from .stages.common import CHECKPOINTS, is_main_process, write_json
 
 if TYPE_CHECKING:  # MLflow is imported only by a node that tracks: a launched node without it runs without MLflow
@@ -67,14 +67,6 @@ def package_versions() -> dict[str, str]:
 def _split(profile: Profile, params: dict) -> data.Split:
     """The split a node's params define (its size included: a budget sweep changes only that)."""
     return data.split(profile.data, params["split"]["name"], params["split"]["size"])
-
-
-def planned_steps(node: NodeSpec) -> int:
-    """For progress lines: a stage's planned optimizer steps (0 when it does not train or cannot tell)."""
-    p = node.params
-    if node.kind == "base":
-        return (p["model"].get("pretrain") or {}).get("max_steps", 0)
-    return p.get("spec", {}).get("steps", 0)
 
 
 def run_stage(profile: Profile, node: NodeSpec, inputs: dict[str, dict], out: Path,

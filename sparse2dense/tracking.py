@@ -77,7 +77,7 @@ def mark_open_runs_killed() -> list[str]:
     with _OPEN_LOCK:
         runs = list(OPEN_RUNS)
         OPEN_RUNS.clear()
-    client = MlflowClient(tracking_uri())
+    client = open_client(tracking_uri())
     for run_id in runs:
         try:
             client.set_terminated(run_id, status="KILLED")
@@ -92,13 +92,26 @@ def _unreachable(err: Exception) -> bool:
                                    "timed out", "API request to", "database is locked"))
 
 
+def open_client(uri: str) -> MlflowClient:
+    """MLflow creates a SQLite store's schema when a process first opens it, and processes that start at once
+    on a fresh file race through its migrations and fail; a lock beside the database makes them take turns."""
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    from filelock import FileLock
+
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=300):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
 class Tracker:
     """Best effort: a failing call is logged and skipped; an unreachable server stops further calls."""
 
     def __init__(self, experiment: str, uri: str | None = None):
         self.uri = uri or tracking_uri()
         self.experiment = experiment
-        self.client = MlflowClient(self.uri)
+        self.client = open_client(self.uri)
         self.down = False  # the server stopped answering: skip the rest, the manifest says what is missing
         self.complete = True  # every call so far went through
         self._experiment_id: str | None = None

@@ -30,6 +30,12 @@ def write(tmp_path, name, data):
     return path
 
 
+def _in_epochs(data, **grpo):
+    """Smoke's GRPO (teacher and student alike) measured in epochs."""
+    data["grpo"] = {k: v for k, v in data["grpo"].items() if k != "steps"} | {"epochs": 1, **grpo}
+    data.pop("student_grpo")
+
+
 def smoke_with(tmp_path, edit):
     data = yaml.safe_load(open(load_profile.__globals__["CONFIG_DIR"] / "profiles" / "smoke.yaml"))
     edit(data)
@@ -46,12 +52,42 @@ def smoke_with(tmp_path, edit):
     (lambda d: d["models"]["teacher"].pop("arch"), "models.teacher", "needs 'arch'"),
     (lambda d: d["grpo"].update(micro_batch=5), "grpo", "micro_batch (5) must divide"),
     (lambda d: d["data"].update(pool_size=2000), "data", "too many distinct problems"),
+    (lambda d: d["opd"].update(epochs=2), "opd", "set either steps or epochs"),
+    (lambda d: d["grpo"].pop("steps"), "grpo", "set either steps or epochs"),
+    (lambda d: _in_epochs(d, prompts_per_step=32), "",
+     "student_grpo.epochs: the held-out split (16 problems) holds no whole batch of 32 prompts"),
 ])
 def test_bad_profiles_name_the_field(tmp_path, edit, field, expected):
     with pytest.raises(ConfigError) as err:
         load_profile(smoke_with(tmp_path, edit))
     message = str(err.value)
     assert f"  {field}" in message and expected in message
+
+
+def test_the_paper_lengths_are_epochs_over_each_nodes_own_split():
+    """15 epochs of whole 512-prompt rollouts: 1,620 steps on L, 360 for Stage 3 on H and for its replay."""
+    from sparse2dense import cost, dag
+
+    plan = dag.plan(load_profile("qwen3-8b-1.7b"), load_grid("allocation"), None, [0])
+    by_name = {n.name: n for n in plan.nodes.values()}
+    steps = {name: dag.planned_steps(by_name[name]) for name in
+             ("teacher-grpo", "direct-grpo", "bridge+grpo", "bridge+replay", "bridge")}
+    assert steps == {"teacher-grpo": 1620, "direct-grpo": 1620, "bridge+grpo": 360, "bridge+replay": 360,
+                     "bridge": 810}
+    assert by_name["bridge+grpo"].params["epochs"] == {"epochs": 15, "over": 3480, "batches": 6}
+    hours = {k: c.gpu_hours for k, c in cost.estimate(plan, Path("/nonexistent")).nodes.items()}
+    stage3, direct = hours[by_name["bridge+grpo"].key], hours[by_name["direct-grpo"].key]
+    assert stage3 == pytest.approx(direct * 360 / 1620, rel=0.01)
+    assert hours[by_name["bridge+replay"].key] == stage3
+
+
+def test_a_students_own_length_replaces_the_teachers(tmp_path):
+    def edit(data):
+        _in_epochs(data)
+        data["student_grpo"] = {"steps": 3}
+
+    p = load_profile(smoke_with(tmp_path, edit))
+    assert (p.grpo.epochs, p.grpo.steps, p.student_grpo.steps, p.student_grpo.epochs) == (1, None, 3, None)
 
 
 def test_unknown_profile_lists_known_ones():

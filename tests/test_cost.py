@@ -165,7 +165,7 @@ def test_plan_text_prints_assumptions_and_total(capsys):
     assert "H100-80GB, 989 TFLOP/s" in out and "utilisation 0.35 training, 0.15 sampling" in out
     assert "0.3 x their length limit" in out and "measured: none" in out
     total = [line for line in out.splitlines() if line.startswith("total:")]
-    assert len(total) == 1 and "GPU-hours" in total[0] and "699.4" in total[0]
+    assert len(total) == 1 and "GPU-hours" in total[0] and "564.2" in total[0]
 
 
 def test_a_node_that_cannot_fit_is_flagged(capsys, tmp_path):

@@ -36,6 +36,7 @@ def hub_profile(tmp_path, **data) -> Path:
         (tmp_path / role / "config.json").write_text(json.dumps(TINY_QWEN3))
     profile = {
         "extends": "qwen3-8b-1.7b", "name": "fixture-hub",
+        "grpo": {"steps": 1}, "opd": {"steps": 1},  # a split of 2 problems holds no whole batch of the paper's
         "models": {role: {"name": str(tmp_path / role), "vocab_size": 512} for role in ("teacher", "student")},
         "data": {"train_dataset": "dapo-math-17k", "train_path": str(FIXTURES / "dapo_math_17k.parquet"),
                  "labeled_budget": 2, "heldout_budget": 1, "distill_prompts": 2,

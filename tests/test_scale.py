@@ -1,5 +1,6 @@
-"""Beyond one process and one machine, on CPU: training nodes on 2 processes (DDP over gloo), a gang of 2
-simulated machines on loopback, the grid on a local Ray with logical GPUs, and killing what was launched."""
+"""Beyond one process and one machine, on CPU: training nodes on 2 processes (DDP over gloo), the grid on a
+2-node local Ray cluster with logical GPUs, a gang of 2 machines placed across its nodes, and killing what was
+launched."""
 
 import json
 import os
@@ -57,18 +58,6 @@ def test_smoke_ddp_trains_every_node_on_two_processes(ddp):
     assert "toy-test/avg@2" in report[0]
     grpo = next(m for m in found if m["name"] == "teacher-grpo")
     assert grpo["labels_used"] == 16  # the union of what both processes' reward functions read
-
-
-def test_a_gang_of_two_machines_on_loopback_trains_one_node(ddp, tmp_path):
-    """forward_kl as 2 machines of 1 process each: two `accelerate launch` rendezvous over loopback."""
-    root, env = ddp
-    profile = tmp_path / "gang.yaml"
-    profile.write_text(yaml.safe_dump({"extends": "smoke-ddp", "name": "smoke-gang",
-                                       "resources": {"forward_kl": {"machines": 2, "processes": 1}}}))
-    done = s2d("grid", "--profile", str(profile), "--arms", "fkl-only", "--refresh", "fkl-only", env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    fkl = next(m for m in manifests(root / "artifacts") if m["name"] == "fkl-only")
-    assert (fkl["world_size"], fkl["local_world_size"]) == (2, 1)
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path):
@@ -138,11 +127,37 @@ def test_a_rerun_on_ray_computes_nothing(ray_grid, ray_flow):
     assert {p: p.stat().st_mtime for p in root.glob("*/*/manifest.json")} == before
 
 
+def test_a_gang_of_two_machines_is_placed_across_the_ray_nodes(ray_grid, ray_stack, tmp_path):
+    """forward_kl as 2 machines of 1 process: one `accelerate launch` on each Ray node (STRICT_SPREAD), one
+    rendezvous, and both exit cleanly (no retry stands in: the launch is called once, directly)."""
+    import ray
+
+    _, root, _ = ray_grid
+    run_dir, _ = ray_stack
+    profile = load_profile(run_dir / "smoke-ray.yaml")
+    gang = profile.resources.default.model_copy(update={"launch": "accelerate", "machines": 2, "processes": 1,
+                                                        "gpus": 0})
+    fkl = next(n for n in dag.plan(profile, load_grid("allocation"), ["fkl-only"]).nodes.values()
+               if n.name == "fkl-only")
+    inputs = {role: dag.read_manifest(root, node) for role, node in fkl.inputs}
+
+    @ray.remote(num_cpus=0)
+    def coordinate():
+        lines = []
+        return launch.run_launched(profile, fkl.spec(), inputs, tmp_path, gang, {}, on_line=lines.append), lines
+
+    manifest, lines = ray.get(coordinate.remote())
+    assert any(line.startswith("gang of 2 machines, rendezvous") for line in lines)
+    assert (manifest["world_size"], manifest["local_world_size"], manifest["status"]) == (2, 1, "completed")
+
+
 @pytest.fixture(scope="module")
 def ray_stack(tmp_path_factory):
-    """Prefect and MLflow servers (Ray workers log from their own processes) and a local Ray with 2 logical GPUs,
-    whose workers make the first forward-KL step to reach step 3 fail once (tests/ray_faults.py)."""
+    """Prefect and MLflow servers (Ray workers log from their own processes) and a local Ray cluster of 2 nodes:
+    a head with 2 logical GPUs and a CPU-only second node, for a gang's second machine. Its workers make the first
+    forward-KL step to reach step 3 fail once (tests/ray_faults.py)."""
     import ray
+    from ray.cluster_utils import Cluster
 
     from sparse2dense import servers
     from sparse2dense.servers import free_port
@@ -156,12 +171,15 @@ def ray_stack(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     for k, v in env.items():
         patch.setenv(k, v)
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False,
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, num_gpus=0)
+    ray.init(address=cluster.address,
              runtime_env={"worker_process_setup_hook": "ray_faults.fail_forward_kl_once", "env_vars": env})
     try:
         yield run_dir, marker
     finally:
         ray.shutdown()
+        cluster.shutdown()
         patch.undo()
         servers.stop(run_dir)
 

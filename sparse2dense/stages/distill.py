@@ -141,8 +141,8 @@ def _opd_probe(trainer, tokenizer, convs: list[list[dict]], spec: OPDSpec, profi
     def measure() -> float:
         student, teacher = trainer.model, trainer.accelerator.unwrap_model(trainer.teacher_model)
         sampling = SamplingSpec(temperature=spec.temperature, max_new_tokens=spec.max_completion_length)
-        generator = TransformersGenerator(student, tokenizer, 256, profile.data.chat_template_kwargs)
-        samples = generator.generate(convs, sampling, n=1, seed=seed)
+        generator = TransformersGenerator(student, tokenizer, 256, profile.data.chat_template_kwargs, seed)
+        samples = generator.generate(convs, sampling, n=1)
         rows = [sequence_row(s[0].prompt_ids, s[0].token_ids, 1 << 30) for s in samples]
         batch = {k: v.to(student.device) for k, v in PadCollator(tokenizer.pad_token_id)(rows).items()}
         return mean_divergence(student, teacher, batch, REVERSE)

@@ -40,11 +40,11 @@ def evaluate(profile: Profile, spec: EvaluateSpec, benchmarks: list[BenchmarkSpe
     set_threads(profile.hardware)
     metrics: dict[str, float] = {}
     benchmarks_read: dict[str, dict] = {}
-    with stopwatch() as clock, open_generator(model_path, profile) as generator:
+    with stopwatch() as clock, open_generator(model_path, profile, seed) as generator:
         for bench in benchmarks:
             split = data.benchmark(bench, profile.data)
             convs = [data.messages(r["problem"], profile.data) for r in split.rows]
-            samples = generator.generate(convs, spec, n=spec.samples, seed=seed)
+            samples = generator.generate(convs, spec, n=spec.samples)
             scores, correct = score(samples, [r["answer"] for r in split.rows], spec.pass_at, profile.data.checker)
             metrics.update({f"{bench.name}/{k}": v for k, v in scores.items()})
             benchmarks_read[bench.name] = split.describe()

@@ -21,8 +21,8 @@ def rollouts(profile: Profile, spec: RolloutsSpec, teacher_path: str, split: Spl
     set_threads(profile.hardware)
     with stopwatch() as clock:
         convs = [data.messages(r["problem"], profile.data) for r in split.rows]
-        with open_generator(teacher_path, profile) as generator:
-            samples = generator.generate(convs, spec, n=spec.samples_per_prompt, seed=seed)
+        with open_generator(teacher_path, profile, seed) as generator:
+            samples = generator.generate(convs, spec, n=spec.samples_per_prompt)
         rows = [{"id": r["id"], "prompt": c, "prompt_ids": list(s.prompt_ids), "completion_ids": list(s.token_ids),
                  "completion": s.text, "num_tokens": s.num_tokens, "truncated": s.truncated}
                 for r, c, group in zip(split.rows, convs, samples) for s in group]
