@@ -26,7 +26,7 @@ def model_folder(path: Path, **config) -> str:
 
 def hub_profile(tmp_path: Path, **changes) -> str:
     """The paper profile on local files: fixtures in the hub layouts, model folders given by `changes`."""
-    data = {"extends": "qwen3-8b-1.7b", "name": "local",
+    data = {"extends": "qwen3-8b-1.7b", "name": "local", "grpo": {"steps": 1}, "opd": {"steps": 1},  # 2 problems
             "models": {"teacher": {"source": "hub", "name": model_folder(tmp_path / "teacher")},
                        "student": {"source": "hub", "name": model_folder(tmp_path / "student")}},
             "data": {"train_dataset": "dapo-math-17k", "train_path": str(FIXTURES / "dapo_math_17k.parquet"),
