@@ -255,11 +255,26 @@ class NodeCost:
 
 @dataclass
 class Memory:
-    """A node's peak per device: parts that add up, and vLLM's weights that must fit inside its share."""
+    """A node's peak per device: parts that add up, and what must fit inside vLLM's share: its weights and
+    the KV cache of one sequence at the engine's context (vLLM refuses to start otherwise)."""
 
     parts: dict[str, float]  # bytes
     vllm_weights: float = 0.0  # bytes per GPU
     vllm_share: float = 0.0
+    vllm_sequence_kv: float = 0.0  # bytes per GPU for one sequence at the bounded context
+    vllm_context: int = 0  # tokens: the longest prompt plus the completion limit
+
+    def vllm_problem(self) -> str:
+        if self.vllm_weights + self.vllm_sequence_kv <= self.vllm_share:
+            return ""
+        return (f"vLLM's share ({self.vllm_share / GIB:.1f} GiB) cannot hold its weights "
+                f"({self.vllm_weights / GIB:.1f} GiB per GPU) and one sequence of {self.vllm_context} tokens "
+                f"({self.vllm_sequence_kv / GIB:.1f} GiB of KV cache)")
+
+    def vllm_sequences(self) -> int:
+        """Sequences at the full context whose KV cache the share holds at once (how wide decoding runs)."""
+        free = self.vllm_share - self.vllm_weights
+        return int(free // self.vllm_sequence_kv) if self.vllm_sequence_kv and free > 0 else 0
 
 
 @dataclass
@@ -295,9 +310,8 @@ def node_cost(ctx: _Ctx, node: Node) -> NodeCost:
     problem = ""
     if total > hw.gpu_memory_gib:
         problem = f"needs {total:.1f} GiB per device (" + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + ")"
-    elif memory.vllm_weights > memory.vllm_share:
-        problem = (f"vLLM's share ({memory.vllm_share / GIB:.1f} GiB) cannot hold its weights "
-                   f"({memory.vllm_weights / GIB:.1f} GiB per GPU)")
+    else:
+        problem = memory.vllm_problem()
     return NodeCost(gpus, sample, passes, round(gpus / active * seconds / 3600, 3), round(total, 2), not problem,
                     parts, problem)
 
@@ -323,7 +337,7 @@ def _grpo(ctx: _Ctx, node: Node):
     longest = prompt + spec["max_completion_length"]
     batch = spec["prompts_per_step"] * spec["num_generations"] * spec["steps_per_generation"]  # one generation
     memory = _training_memory(ctx, res, arch, [arch] if spec["beta"] > 0 else [], spec["micro_batch"] * longest,
-                              sampler=(arch, batch // res.world_size * longest))
+                              sampler=(arch, batch // res.world_size, longest))
     return 2 * p * tokens, passes, memory
 
 
@@ -339,7 +353,7 @@ def _opd(ctx: _Ctx, node: Node):
     res = ctx.profile.resources.of("opd")
     longest = prompt + spec["max_completion_length"]
     memory = _training_memory(ctx, res, student, [teacher], spec["micro_batch"] * longest,
-                              sampler=(student, spec["prompts_per_step"] // res.world_size * longest))
+                              sampler=(student, spec["prompts_per_step"] // res.world_size, longest))
     return 2 * student.matmul_params * tokens, passes, memory
 
 
@@ -450,9 +464,10 @@ def _training_memory(ctx: _Ctx, res, trained: Arch, frozen: list[Arch], micro_to
         gen, label = 0, ""
     elif vllm:
         gen, label = g.colocate_gpu_memory_utilization * hw.gpu_memory_gib * GIB, "vLLM colocated"
-        memory.vllm_weights, memory.vllm_share = b * sampler[0].params / g.colocate_tensor_parallel_size, gen
+        _vllm_fit(memory, sampler[0], sampler[2], gen, g.colocate_tensor_parallel_size, b)
     else:
-        gen, label = sampler[1] * sampler[0].kv_bytes_per_token(b), "KV cache"
+        arch, sequences, longest = sampler
+        gen, label = sequences * longest * arch.kv_bytes_per_token(b), "KV cache"
     if vllm and not g.sleep_mode:
         parts |= {"gathered weights and activations": train, label: gen}
     elif gen > train:  # generation and training take turns: the larger of the two
@@ -460,6 +475,14 @@ def _training_memory(ctx: _Ctx, res, trained: Arch, frozen: list[Arch], micro_to
     else:
         parts["gathered weights and activations"] = train
     parts["overhead"] = OVERHEAD_GIB * GIB
+    return memory
+
+
+def _vllm_fit(memory: Memory, arch: Arch, context: int, share: float, tensor_parallel: int, compute: int) -> Memory:
+    """What vLLM's share must hold on each GPU: its shard of the weights and of one full-context sequence."""
+    memory.vllm_share, memory.vllm_context = share, context
+    memory.vllm_weights = compute * arch.params / tensor_parallel
+    memory.vllm_sequence_kv = context * arch.kv_bytes_per_token(compute) / tensor_parallel
     return memory
 
 
@@ -483,7 +506,7 @@ def _generation_memory(ctx: _Ctx, arch: Arch, longest: int) -> Memory:
     hw, g, b = ctx.profile.hardware, ctx.profile.generation, ctx.compute_bytes
     if generation_backend(ctx.profile) == "vllm":
         share = g.gpu_memory_utilization * hw.gpu_memory_gib * GIB
-        return Memory({"vLLM share": share}, b * arch.params / g.tensor_parallel_size, share)
+        return _vllm_fit(Memory({"vLLM share": share}), arch, longest, share, g.tensor_parallel_size, b)
     return Memory({"weights": b * arch.params, "KV cache": g.batch_size * longest * arch.kv_bytes_per_token(b),
                    "overhead": OVERHEAD_GIB * GIB})
 

@@ -362,6 +362,18 @@ def _build_into(tmp: Path, log) -> dict:
     return summary
 
 
+def offline_env(work: Path, base: dict | None = None) -> dict:
+    """An environment in which the hub-smoke profiles run offline from `work`, with their own artifacts, MLflow
+    store, Prefect home and caches (none of the caller's PREFECT_, MLFLOW_ or S2D_ settings)."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if not k.startswith(("PREFECT_", "MLFLOW_", "S2D_"))}
+    return env | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(work / "hf"),
+                  "XDG_CACHE_HOME": str(work / "cache"), "S2D_ARTIFACTS": str(work / "artifacts"),
+                  "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db", "PREFECT_HOME": str(work / "prefect"),
+                  "PYTHONPATH": os.pathsep.join([repo, *filter(None, [base.get("PYTHONPATH")])])}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) > 1 or (argv and argv[0].startswith("-")):

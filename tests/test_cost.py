@@ -191,6 +191,29 @@ def test_vllm_share_must_hold_the_weights():
     assert cost.estimate(shipped).nodes[node_named(shipped, "teacher-grpo").key].fits
 
 
+def test_vllm_share_must_hold_one_sequence_at_the_bounded_context():
+    """Qwen3-8B's bf16 weights (15.3 GiB) fit a 0.3 share of a 52 GiB GPU (15.6 GiB), but not with the KV cache
+    of one sequence of 130 + 8,192 tokens (1.1 GiB): vLLM would refuse to start."""
+    plan = qwen_plan(overrides={"hardware.gpu_memory_gib": 52})
+    c = cost.estimate(plan).nodes[node_named(plan, "teacher-grpo").key]
+    assert c.fits is False and "and one sequence of 8322 tokens (1.1 GiB of KV cache)" in c.problem
+    roomy = qwen_plan(overrides={"hardware.gpu_memory_gib": 56})
+    assert cost.estimate(roomy).nodes[node_named(roomy, "teacher-grpo").key].fits
+
+
+def test_the_forward_kl_teacher_is_counted_as_it_is_placed():
+    """Llama-70B's frozen teacher is sharded over the 8 ranks like the student (bf16, 1/8 each) when it stays
+    on the GPUs, and gathered a unit at a time; offloaded, it leaves only the gathered units on the GPU."""
+    def fkl(overrides):
+        plan = qwen_plan("llama-70b-8b", overrides)
+        return cost.estimate(plan).nodes[node_named(plan, "fkl-only").key]
+
+    resident, offloaded = fkl({"resources.forward_kl": {"offload": False}}), fkl(None)
+    assert resident.memory["frozen models"] == pytest.approx(2 * 70_553_706_496 / 8 / GIB)
+    assert "frozen models" not in offloaded.memory and offloaded.fits
+    assert resident.peak_gpu_memory_gib == pytest.approx(offloaded.peak_gpu_memory_gib + 16.43 + 14.96, abs=0.05)
+
+
 def test_measured_lengths_replace_the_assumption(tmp_path):
     plan = qwen_plan()
     rollouts = node_named(plan, "rl-rollouts")

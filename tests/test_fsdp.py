@@ -6,26 +6,21 @@ of their parameters on each rank, compute runs in bf16 and gradients are reduced
 tensors."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from sparse2dense import hub_smoke
+
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
 TRAINED = ("grpo", "replay", "forward_kl", "opd")  # the base nodes of a hub profile are only fetched
 
 
 @pytest.fixture(scope="module")
 def fsdp_grid(tmp_path_factory):
     work = tmp_path_factory.mktemp("hub-smoke-fsdp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "S2D_"))}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(work / "hf"),
-            "XDG_CACHE_HOME": str(work / "cache"), "S2D_ARTIFACTS": str(work / "artifacts"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db", "PREFECT_HOME": str(work / "prefect"),
-            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = hub_smoke.offline_env(work)
 
     def run(*args, timeout=1200):
         done = subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,

@@ -6,17 +6,14 @@ server, MLflow store and artifact root), with the hub unreachable.
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from sparse2dense import hub_smoke
 
-REPO = Path(__file__).resolve().parent.parent
 QUESTION = [{"role": "user", "content": "Compute $2+3$."}]
 
 
@@ -120,11 +117,7 @@ def test_a_complete_folder_is_left_as_it_is(quick_build):
 def grid(tmp_path_factory):
     """Build the files and run every arm of the allocation grid, seed 0, offline; yields what it left."""
     work = tmp_path_factory.mktemp("hub-smoke")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "S2D_"))}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(work / "hf"),
-            "XDG_CACHE_HOME": str(work / "cache"), "S2D_ARTIFACTS": str(work / "artifacts"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db", "PREFECT_HOME": str(work / "prefect"),
-            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = hub_smoke.offline_env(work)
 
     def s2d(*args, timeout=900):
         return subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,

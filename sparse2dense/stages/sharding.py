@@ -50,7 +50,14 @@ class Sharded:
                  "student_local_fraction": local_fraction(self.model), **self._probe.facts}
         if teacher is not None:
             facts["teacher_local_fraction"] = local_fraction(teacher)
-        return facts
+        return facts | {"peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> int:
+    """This process's peak resident memory so far (a launched node's rank; inline, the grid's whole process)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
 
 
 def shard_frozen(model, accelerator):
