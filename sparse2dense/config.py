@@ -351,8 +351,13 @@ class HardwareSpec(Strict):
     gpu_memory_gib: float = Field(80.0, gt=0, description="memory per device in GiB (H100: 80, H200: 141 GB = 131)")
     train_utilization: Probability = Field(0.35, description="fraction of the peak that training and scoring "
                                                              "passes achieve (MFU)")
-    generation_utilization: Probability = Field(0.15, description="fraction of the peak that sampling achieves "
-                                                                  "(decoding is memory-bound)")
+    generation_utilization: Probability = Field(0.15, description="fraction of the peak that sampling's matrix "
+                                                                  "products achieve (the compute bound)")
+    gpu_memory_bandwidth_gbs: float = Field(3350.0, gt=0, description="memory bandwidth per device in GB/s "
+                                                                      "(H100 SXM: 3350, H200: 4800)")
+    decode_bandwidth_utilization: Probability = Field(
+        0.6, description="fraction of the bandwidth a decode step achieves (the memory bound: each step reads "
+                         "the weights and the KV cache of the sequences in flight)")
 
 
 # --- how nodes run ----------------------------------------------------------------------

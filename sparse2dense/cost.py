@@ -9,7 +9,11 @@ A first-order model, stated so that it can be checked by hand (README, "Compute 
   are left out, as the 6PT rule does.
 - GPU-hours: a node reserving G GPUs of which A compute takes wall = FLOPs / (A x peak x
   utilisation), so G x wall / 3600 = (G / A) x FLOPs / (peak x utilisation) / 3600, with one
-  utilisation for training and scoring passes and a lower one for sampling.
+  utilisation for training and scoring passes and a lower one for sampling. Sampling takes the
+  longer of that and its memory bound: each decode step reads the weights and the KV cache of
+  the sequences in flight (as many as the engine's KV cache holds) and yields one token each.
+- Training passes run on padded micro-batches: completion lengths are taken as uniform on
+  [0, 2 x mean] (capped at the limit), so a micro-batch of m is padded to 2 x mean x m / (m + 1).
 - Memory per device: persistent state (trained models 16 bytes/param, frozen ones 2 or 4,
   sharded over the world size under zero3/fsdp2, nothing when offloaded to CPU), plus the
   gathered working set of a sharded model, activations at the longest sequence, and
@@ -35,6 +39,7 @@ COMPLETION_FILL = 0.3  # completions average 30% of their length limit: Qwen3 no
 PROMPT_TOKENS = {  # mean prompt tokens with chat template and suffix (estimates, not measured)
     "dapo-math": 130, "math500": 100, "aime24": 140, "aime25": 140, "toy": 12,
 }
+VLLM_MAX_SEQS = 256  # vLLM's default max_num_seqs: the most sequences one engine decodes at once
 BENCHMARK_PROBLEMS = {"math500": 500, "aime24": 30, "aime25": 30, "toy": 600}  # a toy benchmark's default size
 TOY_SOLUTION_TOKENS = 32  # a toy worked solution: a few "47+3=50" steps and \boxed{N}
 TOY_VOCAB = 103  # len(models.build_toy_tokenizer()): 6 specials + 97 printable characters (checked in tests)
@@ -235,6 +240,8 @@ class NodeCost:
     fits: bool | None
     memory: dict[str, float] = field(default_factory=dict)  # the parts of the peak, GiB
     problem: str = ""  # why it does not fit
+    sampling_gpu_hours: float = 0.0  # the part of gpu_hours spent sampling
+    in_flight: int | None = None  # sequences one engine decodes at once (the fewest, over a node's runs)
 
     @property
     def flops(self) -> float:
@@ -242,8 +249,8 @@ class NodeCost:
 
     def fields(self) -> dict:
         """What `s2d plan --format json` adds to a node."""
-        return {"gpus": self.gpus, "gpu_hours": self.gpu_hours, "peak_gpu_memory_gib": self.peak_gpu_memory_gib,
-                "fits": self.fits}
+        return {"gpus": self.gpus, "gpu_hours": self.gpu_hours, "sampling_gpu_hours": self.sampling_gpu_hours,
+                "in_flight": self.in_flight, "peak_gpu_memory_gib": self.peak_gpu_memory_gib, "fits": self.fits}
 
     def columns(self) -> str:
         """What the text plan adds to a node's line."""
@@ -298,13 +305,17 @@ def node_cost(ctx: _Ctx, node: Node) -> NodeCost:
     work = _WORK[node.kind](ctx, node)
     if work is None:
         return NodeCost(0, 0.0, 0.0, None, None, None, problem="model size unknown")
-    sample, passes, memory = work
+    sample, passes, memory, decode = work
     gpus, active = devices(ctx.profile, node)
     if gpus == 0 or sample + passes == 0:
         return NodeCost(0, sample, passes, 0.0, 0.0, True)
     hw = ctx.profile.hardware
     peak = hw.gpu_peak_tflops * 1e12
-    seconds = sample / (peak * hw.generation_utilization) + passes / (peak * hw.train_utilization)
+    sampling = sample / (peak * hw.generation_utilization)
+    if decode is not None:
+        sampling = max(sampling, decode.gpu_seconds(hw, ctx.compute_bytes))
+    share = gpus / active / 3600
+    seconds = sampling + passes / (peak * hw.train_utilization)
     parts = {k: v / GIB for k, v in memory.parts.items() if v}
     total = sum(parts.values())
     problem = ""
@@ -312,8 +323,49 @@ def node_cost(ctx: _Ctx, node: Node) -> NodeCost:
         problem = f"needs {total:.1f} GiB per device (" + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + ")"
     else:
         problem = memory.vllm_problem()
-    return NodeCost(gpus, sample, passes, round(gpus / active * seconds / 3600, 3), round(total, 2), not problem,
-                    parts, problem)
+    return NodeCost(gpus, sample, passes, round(share * seconds, 3), round(total, 2), not problem, parts, problem,
+                    round(share * sampling, 3), decode.in_flight if decode is not None else None)
+
+
+@dataclass(frozen=True)
+class Decode:
+    """Sampling's memory bound: one decode step reads the engine's weights and the KV cache of the sequences in
+    flight, and yields a token for each."""
+
+    arch: Arch
+    tokens: float  # completion tokens generated, all engines together
+    context: float  # tokens a sequence in flight holds on average: its prompt and a mean completion
+    in_flight: int  # sequences one engine decodes at once
+    tensor_parallel: int
+
+    def gpu_seconds(self, hw, compute_bytes: int) -> float:
+        kv = self.in_flight * self.context * self.arch.kv_bytes_per_token(compute_bytes)
+        bandwidth = hw.gpu_memory_bandwidth_gbs * 1e9 * hw.decode_bandwidth_utilization
+        step_s = (compute_bytes * self.arch.params + kv) / self.tensor_parallel / bandwidth  # each GPU its shard
+        return self.tokens / self.in_flight * step_s * self.tensor_parallel
+
+
+def _decode(ctx: _Ctx, arch: Arch, tokens: float, context: float, per_engine: int, memory: Memory,
+            colocated: bool) -> Decode:
+    """Sequences in flight per engine: what it is given, within vLLM's cap and what its KV cache holds."""
+    g = ctx.profile.generation
+    tp = g.colocate_tensor_parallel_size if colocated else g.tensor_parallel_size
+    if generation_backend(ctx.profile) != "vllm":
+        return Decode(arch, tokens, context, max(1, min(per_engine, g.batch_size)), 1)
+    kv = context * arch.kv_bytes_per_token(ctx.compute_bytes) / tp
+    holds = int(max(memory.vllm_share - memory.vllm_weights, 0) // kv)
+    return Decode(arch, tokens, context, max(1, min(per_engine, VLLM_MAX_SEQS, holds)), tp)
+
+
+def padded(mean: float, limit: int, micro_batch: int) -> float:
+    """A micro-batch's completion length after padding to its longest: the expected longest of `micro_batch`
+    lengths uniform on [0, 2 x mean], capped at `limit`."""
+    return min(float(limit), 2 * mean * micro_batch / (micro_batch + 1)) if micro_batch > 1 else mean
+
+
+def _engines(ctx: _Ctx, res) -> int:
+    """Colocated engines of a training node: one per tensor-parallel group of its ranks."""
+    return max(1, res.world_size // ctx.profile.generation.colocate_tensor_parallel_size)
 
 
 def _models(ctx: _Ctx, *nodes: Node) -> list[Arch] | None:
@@ -328,17 +380,18 @@ def _grpo(ctx: _Ctx, node: Node):
         return None
     (arch,), spec = models, node.params["spec"]
     completions = spec["steps"] * spec["prompts_per_step"] * spec["num_generations"]
-    prompt = train_prompt_tokens(ctx.profile)
-    tokens = completions * (prompt + COMPLETION_FILL * spec["max_completion_length"])
+    prompt, limit = train_prompt_tokens(ctx.profile), spec["max_completion_length"]
+    mean = COMPLETION_FILL * limit
     p = arch.matmul_params
     scoring = (spec["steps_per_generation"] > 1) + (spec["beta"] > 0)  # old log-probs; the reference model
-    passes = (_train_factor(ctx) + 2 * scoring) * p * tokens
+    passes = (_train_factor(ctx) + 2 * scoring) * p * completions * (prompt + padded(mean, limit, spec["micro_batch"]))
     res = ctx.profile.resources.of(node.kind, node.params.get("settings"))
-    longest = prompt + spec["max_completion_length"]
+    longest = prompt + limit
     batch = spec["prompts_per_step"] * spec["num_generations"] * spec["steps_per_generation"]  # one generation
     memory = _training_memory(ctx, res, arch, [arch] if spec["beta"] > 0 else [], spec["micro_batch"] * longest,
                               sampler=(arch, batch // res.world_size, longest))
-    return 2 * p * tokens, passes, memory
+    decode = _decode(ctx, arch, completions * mean, prompt + mean, batch // _engines(ctx, res), memory, True)
+    return 2 * p * completions * (prompt + mean), passes, memory, decode
 
 
 def _opd(ctx: _Ctx, node: Node):
@@ -347,14 +400,18 @@ def _opd(ctx: _Ctx, node: Node):
     if models is None:
         return None
     (student, teacher), spec = models, node.params["spec"]
-    prompt = train_prompt_tokens(ctx.profile)
-    tokens = spec["steps"] * spec["prompts_per_step"] * (prompt + COMPLETION_FILL * spec["max_completion_length"])
-    passes = (_train_factor(ctx) * student.matmul_params + 2 * teacher.matmul_params) * tokens
+    samples = spec["steps"] * spec["prompts_per_step"]
+    prompt, limit = train_prompt_tokens(ctx.profile), spec["max_completion_length"]
+    mean = COMPLETION_FILL * limit
+    trained = samples * (prompt + padded(mean, limit, spec["micro_batch"]))
+    passes = (_train_factor(ctx) * student.matmul_params + 2 * teacher.matmul_params) * trained
     res = ctx.profile.resources.of("opd")
-    longest = prompt + spec["max_completion_length"]
+    longest = prompt + limit
     memory = _training_memory(ctx, res, student, [teacher], spec["micro_batch"] * longest,
                               sampler=(student, spec["prompts_per_step"] // res.world_size, longest))
-    return 2 * student.matmul_params * tokens, passes, memory
+    decode = _decode(ctx, student, samples * mean, prompt + mean, spec["prompts_per_step"] // _engines(ctx, res),
+                     memory, True)
+    return 2 * student.matmul_params * samples * (prompt + mean), passes, memory, decode
 
 
 def _forward_kl(ctx: _Ctx, node: Node):
@@ -367,14 +424,15 @@ def _forward_kl(ctx: _Ctx, node: Node):
     sampled = rollouts.params["spec"]
     count = rollouts.params["split"]["size"] * sampled["samples_per_prompt"]
     prompt = train_prompt_tokens(ctx.profile)
-    completion = ctx.tokens.completion(rollouts, "", sampled["max_new_tokens"])
+    completion = padded(ctx.tokens.completion(rollouts, "", sampled["max_new_tokens"]), sampled["max_new_tokens"],
+                        spec["micro_batch"])
     tokens = spec["epochs"] * count * min(prompt + completion, spec["max_length"])
     soft = spec["target"] == "soft"
     passes = (_train_factor(ctx) * student.matmul_params + 2 * teacher.matmul_params * soft) * tokens
     longest = min(prompt + sampled["max_new_tokens"], spec["max_length"])
     memory = _training_memory(ctx, ctx.profile.resources.of("forward_kl"), student, [teacher] if soft else [],
                               spec["micro_batch"] * longest, sampler=None)
-    return 0.0, passes, memory
+    return 0.0, passes, memory, None
 
 
 def _rollouts(ctx: _Ctx, node: Node):
@@ -385,23 +443,42 @@ def _rollouts(ctx: _Ctx, node: Node):
     (arch,), spec = models, node.params["spec"]
     prompt = train_prompt_tokens(ctx.profile)
     count = node.params["split"]["size"] * spec["samples_per_prompt"]
-    tokens = count * (prompt + ctx.tokens.completion(node, "", spec["max_new_tokens"]))
-    return 2 * arch.matmul_params * tokens, 0.0, _generation_memory(ctx, arch, prompt + spec["max_new_tokens"])
+    mean = ctx.tokens.completion(node, "", spec["max_new_tokens"])
+    memory = _generation_memory(ctx, arch, prompt + spec["max_new_tokens"])
+    decode = _decode(ctx, arch, count * mean, prompt + mean, count, memory, False)
+    return 2 * arch.matmul_params * count * (prompt + mean), 0.0, memory, decode
 
 
 def _evaluate(ctx: _Ctx, node: Node):
-    """`samples` completions for every problem of every benchmark."""
+    """`samples` completions for every problem of every benchmark, one benchmark after another."""
     models = _models(ctx, node.input_map["model"])
     if models is None:
         return None
     (arch,), spec = models, node.params["spec"]
-    tokens, longest = 0.0, 0
-    for bench in node.params["benchmarks"]:
-        prompt = PROMPT_TOKENS[bench["source"]]
-        completion = ctx.tokens.completion(node, bench["name"], spec["max_new_tokens"])
-        tokens += problems(bench) * spec["samples"] * (prompt + completion)
-        longest = max(longest, prompt + spec["max_new_tokens"])
-    return 2 * arch.matmul_params * tokens, 0.0, _generation_memory(ctx, arch, longest)
+    benches = node.params["benchmarks"]
+    longest = max(PROMPT_TOKENS[b["source"]] + spec["max_new_tokens"] for b in benches)
+    memory = _generation_memory(ctx, arch, longest)
+    flops, decodes = 0.0, []
+    for bench in benches:
+        prompt, count = PROMPT_TOKENS[bench["source"]], problems(bench) * spec["samples"]
+        mean = ctx.tokens.completion(node, bench["name"], spec["max_new_tokens"])
+        flops += 2 * arch.matmul_params * count * (prompt + mean)
+        decodes.append(_decode(ctx, arch, count * mean, prompt + mean, count, memory, False))
+    return flops, 0.0, memory, _Decodes(decodes)
+
+
+@dataclass(frozen=True)
+class _Decodes:
+    """Several sampling runs in one node (benchmarks one after another): their memory bounds add up."""
+
+    runs: list[Decode]
+
+    @property
+    def in_flight(self) -> int:
+        return min(d.in_flight for d in self.runs)
+
+    def gpu_seconds(self, hw, compute_bytes: int) -> float:
+        return sum(d.gpu_seconds(hw, compute_bytes) for d in self.runs)
 
 
 def problems(bench: dict) -> int:
@@ -416,13 +493,13 @@ def _base(ctx: _Ctx, node: Node):
     """Hub models are only fetched; a toy model is pretrained (at most max_steps; it stops at its target)."""
     spec = getattr(ctx.profile.models, node.params["role"])
     if spec.source == "hub":
-        return 0.0, 0.0, Memory({})
+        return 0.0, 0.0, Memory({}), None
     arch, pretrain = ctx.arch(node), spec.pretrain
     length = PROMPT_TOKENS["toy"] + TOY_SOLUTION_TOKENS
     tokens = pretrain.max_steps * pretrain.batch_size * length
     memory = _training_memory(ctx, ctx.profile.resources.of("base"), arch, [], pretrain.batch_size * length,
                               sampler=None)
-    return 0.0, _train_factor(ctx) * arch.matmul_params * tokens, memory
+    return 0.0, _train_factor(ctx) * arch.matmul_params * tokens, memory, None
 
 
 _WORK = {"base": _base, "grpo": _grpo, "replay": _grpo, "rollouts": _rollouts, "forward_kl": _forward_kl,
@@ -553,6 +630,13 @@ def describe(costs: Costs, plan: Plan, statuses: dict[str, str]) -> list[str]:
                         if (k == "toy") == (p.data.source == "toy"))
     lines.append(f"tokens: prompts ~{prompts}; completions {COMPLETION_FILL:g} x their length limit unless measured; "
                  f"memory at the longest sequence")
+    if on_gpu(p):
+        lines.append(f"sampling: the slower of {hw.generation_utilization:g} x peak and decoding at "
+                     f"{hw.decode_bandwidth_utilization:g} x {hw.gpu_memory_bandwidth_gbs:g} GB/s (each step reads the "
+                     f"weights and the KV cache of the sequences in flight: as many as the KV cache holds, at most "
+                     f"{VLLM_MAX_SEQS} per vLLM engine)")
+        lines.append("training: micro-batches padded to their longest completion, lengths taken as uniform on "
+                     "[0, 2 x mean] (2 x mean x m / (m + 1) for a micro-batch of m)")
     lines.append("measured: " + ("; ".join(sorted(costs.tokens.used)) or "none (no rollouts or evaluate node has run)"))
     for key, c in costs.nodes.items():
         node = plan.nodes[key]

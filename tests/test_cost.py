@@ -16,6 +16,18 @@ from sparse2dense.config import ModelSpec, load_grid, load_profile
 GIB = 2**30
 PEAK = 989e12  # H100-80GB dense bf16, FLOP/s
 TRAIN, SAMPLE = 0.35, 0.15  # utilisations
+BANDWIDTH = 3350e9 * 0.6  # H100 SXM bytes/s, at the decode utilisation
+KV_8B, KV_17B = 2 * 36 * 8 * 128 * 2, 2 * 28 * 8 * 128 * 2  # K and V, layers x kv heads x head dim, bf16: bytes/token
+MEAN = 0.3 * 8192  # an assumed completion: 2,457.6 tokens
+
+
+def decode_s(weights: float, kv_per_token: int, context: float, in_flight: int, generated: float) -> float:
+    """GPU-seconds of memory-bound decoding: one step reads the weights and the in-flight KV cache."""
+    return generated / in_flight * (weights + in_flight * context * kv_per_token) / BANDWIDTH
+
+
+def holds(share_gib: float, weights: float, kv_per_token: int, context: float) -> int:
+    return int((share_gib * GIB - weights) // (context * kv_per_token))
 
 # Parameters, from the shapes in cost.KNOWN_ARCHS (per layer: q, k, v, o, SwiGLU MLP, two norms, q/k norms):
 # Qwen3-1.7B: layer 2048*(2048+2*1024) + 2048*2048 + 3*2048*6144 + 2*2048 + 2*128 = 50,336,000;
@@ -93,12 +105,18 @@ def test_grpo_teacher_by_hand(qwen):
     plan, costs = qwen
     c = costs.nodes[node_named(plan, "teacher-grpo").key]
     # 1620 steps x 128 prompts x 8 samples = 1,658,880 completions of 130 prompt + 0.3 x 8192 completion tokens
-    tokens = 1620 * 128 * 8 * (130 + 0.3 * 8192)  # 4,292,517,888
-    sample = 2 * P_8B_MATMUL * tokens  # colocated vLLM
-    passes = (8 + 2) * P_8B_MATMUL * tokens  # training with checkpointing (8) + old log-probs (4 steps per batch)
-    hours = 8 / 8 * (sample / (PEAK * SAMPLE) + passes / (PEAK * TRAIN)) / 3600
+    completions = 1620 * 128 * 8
+    compute = 2 * P_8B_MATMUL * completions * (130 + MEAN) / (PEAK * SAMPLE)  # colocated vLLM, compute bound
+    # Memory bound: 0.3 x 80 GiB less 15.3 GiB of weights holds 24 sequences of 2,587.6 tokens (of 512 per engine)
+    in_flight = holds(0.3 * 80, 2 * P_8B, KV_8B, 130 + MEAN)
+    assert in_flight == 24
+    sampling = decode_s(2 * P_8B, KV_8B, 130 + MEAN, in_flight, completions * MEAN)
+    assert sampling > 4 * compute  # decoding 24 sequences at a time is bandwidth-bound
+    padded = 2 * MEAN * 8 / 9  # the longest of a micro-batch of 8: 4,369 tokens
+    passes = (8 + 2) * P_8B_MATMUL * completions * (130 + padded)  # checkpointed training + old log-probs
+    hours = 8 / 8 * (sampling + passes / (PEAK * TRAIN)) / 3600
     assert c.gpus == 8
-    assert c.gpu_hours == pytest.approx(hours, abs=1e-3) and c.gpu_hours == pytest.approx(382.4, abs=0.1)
+    assert c.gpu_hours == pytest.approx(hours, abs=1e-3) and c.gpu_hours == pytest.approx(1052.8, abs=0.1)
     # fsdp2 + offload: no persistent state on the GPU. Transient, in bf16:
     root_and_two_layers = 2 * 151936 * 4096 + 4096 + 2 * 192_946_432  # gathered: 1,630,556,672 params
     gathered = 2 * 2 * root_and_two_layers  # weights and gradients
@@ -113,11 +131,15 @@ def test_grpo_teacher_by_hand(qwen):
 def test_opd_bridge_by_hand(qwen):
     plan, costs = qwen
     c = costs.nodes[node_named(plan, "bridge").key]
-    tokens = 810 * 256 * (130 + 0.3 * 8192)  # 207,360 student samples: 536,564,736 tokens
-    sample = 2 * P_17B * tokens  # the student samples
-    passes = (8 * P_17B + 2 * P_8B_MATMUL) * tokens  # the student trains, the teacher scores
-    hours = (sample / (PEAK * SAMPLE) + passes / (PEAK * TRAIN)) / 3600
-    assert c.gpu_hours == pytest.approx(hours, abs=1e-3) and c.gpu_hours == pytest.approx(15.9, abs=0.1)
+    samples = 810 * 256  # 207,360 student samples
+    compute = 2 * P_17B * samples * (130 + MEAN) / (PEAK * SAMPLE)
+    in_flight = min(256 // 8, holds(0.3 * 80, 2 * P_17B, KV_17B, 130 + MEAN))  # 32 prompts per rank's engine
+    assert in_flight == 32
+    sampling = max(compute, decode_s(2 * P_17B, KV_17B, 130 + MEAN, in_flight, samples * MEAN))
+    trained = samples * (130 + 2 * MEAN * 4 / 5)  # micro-batches of 4, padded to their longest
+    passes = (8 * P_17B + 2 * P_8B_MATMUL) * trained  # the student trains, the teacher scores
+    hours = (sampling + passes / (PEAK * TRAIN)) / 3600
+    assert c.gpu_hours == pytest.approx(hours, abs=1e-3) and c.gpu_hours == pytest.approx(48.0, abs=0.1)
     # training transient (10.5 GiB) is below colocated vLLM's 24 GiB: the peak is vLLM's share + 1 GiB
     assert c.peak_gpu_memory_gib == pytest.approx(0.3 * 80 + 1) and c.fits
 
@@ -125,10 +147,10 @@ def test_opd_bridge_by_hand(qwen):
 def test_forward_kl_by_hand(qwen):
     plan, costs = qwen
     c = costs.nodes[node_named(plan, "fkl-only").key]
-    tokens = 1 * 13918 * min(130 + 0.3 * 8192, 10240)  # one epoch over one rollout per distillation prompt
+    tokens = 1 * 13918 * min(130 + 2 * MEAN * 2 / 3, 10240)  # one epoch, micro-batches of 2 padded to the longer
     passes = (8 * P_17B + 2 * P_8B_MATMUL) * tokens  # student training, teacher scoring (soft targets)
     assert c.gpu_hours == pytest.approx(passes / (PEAK * TRAIN) / 3600, abs=1e-3)
-    assert c.gpu_hours == pytest.approx(0.84, abs=0.01)
+    assert c.gpu_hours == pytest.approx(1.10, abs=0.01)
     gathered = 2 * 2 * (151936 * 2048 + 2048 + 2 * 50_336_000) + 2 * (2 * 151936 * 4096 + 4096 + 2 * 192_946_432)
     micro_tokens = 2 * (130 + 8192)
     activations = 28 * micro_tokens * 2048 * 2 + micro_tokens * (4 * 2048 + 2 * 2048 + 2 * 1024 + 4 * 6144) * 2
@@ -138,10 +160,14 @@ def test_forward_kl_by_hand(qwen):
 def test_evaluate_by_hand(qwen):
     plan, costs = qwen
     c = costs.nodes[node_named(plan, "evaluate:teacher-base").key]
-    # 16 samples of 500 MATH-500 and 2 x 30 AIME problems, completions 0.3 x 16384
-    tokens = 500 * 16 * (100 + 0.3 * 16384) + 2 * 30 * 16 * (140 + 0.3 * 16384)  # 44,974,592
-    assert c.gpu_hours == pytest.approx(2 * P_8B_MATMUL * tokens / (PEAK * SAMPLE) / 3600, abs=1e-3)
-    assert c.gpu_hours == pytest.approx(1.27, abs=0.01)
+    # 16 samples of 500 MATH-500 and 2 x 30 AIME problems, completions 0.3 x 16384, one benchmark after another
+    mean = 0.3 * 16384
+    runs = [(500 * 16, 100), (30 * 16, 140), (30 * 16, 140)]
+    compute = sum(2 * P_8B_MATMUL * n * (prompt + mean) for n, prompt in runs) / (PEAK * SAMPLE)
+    memory = sum(decode_s(2 * P_8B, KV_8B, prompt + mean, min(n, 256, holds(0.85 * 80, 2 * P_8B, KV_8B, prompt + mean)),
+                          n * mean) for n, prompt in runs)  # 76 sequences in flight fit 0.85 x 80 GiB
+    assert c.gpu_hours == pytest.approx(max(compute, memory) / 3600, abs=1e-3)
+    assert c.gpu_hours == pytest.approx(5.82, abs=0.01)
     assert c.gpus == 1 and c.peak_gpu_memory_gib == pytest.approx(0.85 * 80)  # vLLM pre-allocates its share
 
 
@@ -165,7 +191,7 @@ def test_plan_text_prints_assumptions_and_total(capsys):
     assert "H100-80GB, 989 TFLOP/s" in out and "utilisation 0.35 training, 0.15 sampling" in out
     assert "0.3 x their length limit" in out and "measured: none" in out
     total = [line for line in out.splitlines() if line.startswith("total:")]
-    assert len(total) == 1 and "GPU-hours" in total[0] and "564.2" in total[0]
+    assert len(total) == 1 and "GPU-hours" in total[0] and "1,672.5" in total[0]
 
 
 def test_a_node_that_cannot_fit_is_flagged(capsys, tmp_path):
@@ -223,10 +249,13 @@ def test_measured_lengths_replace_the_assumption(tmp_path):
         "tokens_generated": 13918 * 1000, "mean_response_tokens": 1000.0}}))
     costs = cost.estimate(plan, tmp_path)
     fkl = costs.nodes[node_named(plan, "fkl-only").key]
-    tokens = 13918 * (130 + 1000)  # the rollouts' measured length, not 0.3 x 8192
+    tokens = 13918 * (130 + 2 * 1000 * 2 / 3)  # the rollouts' measured length, not 0.3 x 8192, padded in pairs
     assert fkl.gpu_hours == pytest.approx((8 * P_17B + 2 * P_8B_MATMUL) * tokens / (PEAK * TRAIN) / 3600, abs=1e-3)
     raw = costs.nodes[node_named(plan, "raw-rollouts").key]  # a rollouts node not yet run borrows the measurement
-    assert raw.gpu_hours == pytest.approx(2 * P_8B_MATMUL * tokens / (PEAK * SAMPLE) / 3600, abs=1e-3)
+    in_flight = min(256, holds(0.85 * 80, 2 * P_8B, KV_8B, 130 + 1000))  # vLLM's cap: 256 sequences at once
+    compute = 2 * P_8B_MATMUL * 13918 * 1130 / (PEAK * SAMPLE)  # at 256 in flight the compute bound is the slower
+    memory = decode_s(2 * P_8B, KV_8B, 1130, in_flight, 13918 * 1000)
+    assert memory < compute and raw.gpu_hours == pytest.approx(compute / 3600, abs=1e-3)
     lines = cost.describe(costs, plan, {k: dag.status(tmp_path, n) for k, n in plan.nodes.items()})
     assert any(line.startswith("measured: ") and "rl-rollouts" in line for line in lines)
 
