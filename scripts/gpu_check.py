@@ -13,6 +13,9 @@ Then it runs the project's own stage functions on them, one optimizer step each:
     forward_kl      forward KL 8B -> 1.7B on those rollouts (stages.distill.forward_kl)
     opd             on-policy distillation 8B -> 1.7B (stages.distill.opd)
     evaluate        one evaluation batch of the 1.7B (stages.evaluate)
+    opd_fsdp2       OPD launched under FSDP2 (`accelerate launch`, 1 process on the GPU, 2 on a CPU): the
+                    teacher placed and sharded, bf16 compute, fp32 gradient reduction (its manifest's placement)
+    forward_kl_fsdp2  forward KL launched the same way
     vllm            vLLM generation throughput, in a child process, only where `import vllm` works
 
 and prints one JSON object: seconds and peak GPU memory per step, optimizer-step seconds,
@@ -103,13 +106,14 @@ SIZES = {
                  eval_problems=16, eval_samples=4, eval_tokens=1024, gen_batch=64,
                  vllm_prompts=64, vllm_samples=4, vllm_tokens=1024, budget_s=360),
     "tiny": dict(prompt_tokens=48, grpo_prompts=2, grpo_generations=2, grpo_micro_batch=2, completion=12,
-                 rollout_prompts=4, fkl_batch=4, fkl_micro_batch=2, opd_prompts=2, opd_micro_batch=2,
+                 rollout_prompts=4, fkl_batch=4, fkl_micro_batch=2, opd_prompts=2, opd_micro_batch=1,
                  eval_problems=3, eval_samples=2, eval_tokens=12, gen_batch=8,
                  vllm_prompts=4, vllm_samples=2, vllm_tokens=12, budget_s=300),
 }
-STEPS = ("grpo", "rollouts", "forward_kl", "opd", "evaluate", "grpo_launched", "vllm")  # `--steps all`
-DEFAULT_STEPS = ("grpo", "rollouts", "forward_kl", "opd", "evaluate", "vllm")
-NEEDS = {"forward_kl": "rollouts"}  # a step that needs another's output
+STEPS = ("grpo", "rollouts", "forward_kl", "opd", "evaluate", "grpo_launched", "opd_fsdp2", "forward_kl_fsdp2",
+         "vllm")  # `--steps all`
+DEFAULT_STEPS = ("grpo", "rollouts", "forward_kl", "opd", "evaluate", "opd_fsdp2", "forward_kl_fsdp2", "vllm")
+NEEDS = {"forward_kl": "rollouts", "forward_kl_fsdp2": "rollouts"}  # a step that needs another's output
 GIB = 2**30
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 
@@ -351,10 +355,10 @@ def generation_meter(calls: list[dict]):
 
     original = TransformersGenerator.generate
 
-    def timed(self, conversations, sampling, n=1, seed=0):
+    def timed(self, conversations, sampling, n=1):
         sync()
         start = time.perf_counter()
-        out = original(self, conversations, sampling, n=n, seed=seed)
+        out = original(self, conversations, sampling, n=n)
         sync()
         seconds = time.perf_counter() - start
         samples = [s for group in out for s in group]
@@ -590,28 +594,60 @@ class Check:
     def grpo_launched(self) -> dict:
         """GRPO as the grid launches it: spec.json, `python -m sparse2dense.node`, its manifest (no MLflow)."""
         from sparse2dense.config import GridNode, ResourceSpec
+
+        return self._launched(GridNode(kind="grpo", model="student", split="labeled", settings="student_grpo"),
+                              {"model": {"outputs": {"model": self.paths["student"]}}},
+                              ResourceSpec(launch="process", gpus=1 if self.device == "cuda" else 0))
+
+    def opd_fsdp2(self) -> dict:
+        """OPD launched under FSDP2 (`accelerate launch`): the teacher placed and sharded beside the student."""
+        return self._launched(self._grid_node(kind="opd", teacher="teacher", student="student"),
+                              {"teacher": {"outputs": {"model": self.paths["teacher"]}},
+                               "student": {"outputs": {"model": self.paths["student"]}}}, self._fsdp2())
+
+    def forward_kl_fsdp2(self) -> dict:
+        """Forward KL launched under FSDP2 on the rollouts step's output."""
+        rollouts = str(Path(self.state["rollouts"]) / "rollouts.jsonl")
+        return self._launched(self._grid_node(kind="forward_kl", student="student", rollouts="rollouts"),
+                              {"student": {"outputs": {"model": self.paths["student"]}},
+                               "rollouts": {"outputs": {"rollouts": rollouts}}}, self._fsdp2())
+
+    @staticmethod
+    def _grid_node(**fields):
+        from sparse2dense.config import GridNode
+
+        return GridNode(**fields)
+
+    def _fsdp2(self):
+        """One process on the GPU (enough to catch placement and dtype faults); on a CPU, 2 (FSDP needs a group)."""
+        from sparse2dense.config import ResourceSpec
+
+        gpu = self.device == "cuda"
+        return ResourceSpec(launch="accelerate", processes=1 if gpu else 2, gpus=1 if gpu else 0, strategy="fsdp2",
+                            offload=False)
+
+    def _launched(self, grid_node, inputs: dict, resources) -> dict:
+        """A node as the grid launches it: spec.json, its processes (`python -m sparse2dense.node`), its manifest."""
         from sparse2dense.dag import make_node, stage_params
         from sparse2dense.launch import run_launched
 
-        node = make_node("grpo", "gpu-check:student-grpo",
-                         stage_params(self.profile, GridNode(kind="grpo", model="student", split="labeled",
-                                                             settings="student_grpo"), seed=0), {})
+        node = make_node(grid_node.kind, f"gpu-check:{grid_node.kind}", stage_params(self.profile, grid_node, seed=0),
+                         {})
         lines: list[str] = []
         # The node's process imports sparse2dense from this checkout.
         os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
         root = self.work / "launched"
         with DeviceMemorySampler() as memory:
-            manifest = run_launched(self.profile, node.spec(), {"model": {"outputs": {"model": self.paths["student"]}}},
-                                    root, ResourceSpec(launch="process", gpus=1 if self.device == "cuda" else 0),
+            manifest = run_launched(self.profile, node.spec(), inputs, root, resources,
                                     {"experiment": None, "tags": {}}, on_line=lines.append)
-        folder = root / "grpo" / node.key
+        folder = root / grid_node.kind / node.key
         history = json.loads((folder / "log_history.json").read_text()) if (folder / "log_history.json").exists() \
             else []
         runtime = [h.get("train_runtime") for h in history if "train_runtime" in h]
         record = {"node_key": node.key, "compute_s": manifest.get("compute_s"),
                   "train_runtime_s": runtime[-1] if runtime else None, "metrics": manifest.get("metrics"),
-                  "world_size": manifest.get("world_size"), "status": manifest.get("status"),
-                  "output_lines": len(lines), "_remove": [root]}
+                  "world_size": manifest.get("world_size"), "placement": manifest.get("placement"),
+                  "status": manifest.get("status"), "output_lines": len(lines), "_remove": [folder]}
         if self.device == "cuda":
             record["peak_device_used_gib"] = round(memory.peak / GIB, 3)
             record["device_used_before_gib"] = round(memory.baseline / GIB, 3)

@@ -26,7 +26,8 @@ def report(tmp_path_factory):
 
 
 def test_every_step_runs_through_the_stage_code(report):
-    assert report["ran"] == ["build", "grpo", "rollouts", "forward_kl", "opd", "evaluate", "grpo_launched"]
+    assert report["ran"] == ["build", "grpo", "rollouts", "forward_kl", "opd", "evaluate", "grpo_launched",
+                             "opd_fsdp2", "forward_kl_fsdp2"]
     assert report["failed"] == [] and report["skipped"] == ["vllm"]  # no vLLM here: skipped, not failed
     assert "vllm" in report["steps"]["vllm"]["skipped"]
     for name in TRAINING:
@@ -35,6 +36,17 @@ def test_every_step_runs_through_the_stage_code(report):
         assert step["metrics"]["steps"] == 1
     launched = report["steps"]["grpo_launched"]
     assert launched["status"] == "completed" and launched["metrics"]["steps"] == 1 and launched["world_size"] == 1
+
+
+def test_the_distillation_steps_run_launched_under_fsdp2_with_the_teacher_sharded(report):
+    """On a CPU the FSDP2 steps take 2 processes (on the GPU, 1): each rank holds a part of both models."""
+    for name in ("opd_fsdp2", "forward_kl_fsdp2"):
+        step = report["steps"][name]
+        placement = step["placement"]
+        assert step["status"] == "completed" and step["world_size"] == 2 and step["metrics"]["steps"] == 1
+        assert placement["strategy"] == "fsdp2" and placement["gradients_sharded"]
+        assert placement["student_local_fraction"] < 1 and placement["teacher_local_fraction"] < 1
+        assert placement["reduce_dtypes"] == ["float32"]
 
 
 def test_models_have_the_real_vocabulary_and_a_qwen3_tokenizer(report):
