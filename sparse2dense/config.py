@@ -296,6 +296,8 @@ class OPDSpec(TrainSpec, SampledLength):
     prompts_per_step: PositiveInt = Field(description="prompts per optimizer step, all processes together")
     micro_batch: PositiveInt = Field(description="prompts per forward/backward pass, per process")
     temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0, description="0 = off; 1 samples the student's likeliest token, the same on every "
+                                            "rank whatever its seed (how a test compares world sizes)")
     max_completion_length: PositiveInt
     probe_size: int = Field(64, ge=0, description="prompts whose student samples measure the reverse KL before "
                                                   "and after (0 = off: the first and last logged loss stand in)")

@@ -156,7 +156,7 @@ def opd_config(profile: Profile, spec: OPDSpec, out: Path, seed: int, tokenizer=
     return DistillationConfig(
         **trainer_args(spec, profile.hardware, out, seed, spec.steps, per_step=spec.prompts_per_step,
                        micro_batch=spec.micro_batch),
-        beta=REVERSE, temperature=spec.temperature, max_completion_length=spec.max_completion_length,
+        beta=REVERSE, temperature=spec.temperature, top_k=spec.top_k, max_completion_length=spec.max_completion_length,
         chat_template_kwargs=profile.data.chat_template_kwargs or None,
         **vllm_args(profile, tokenizer, prompts, spec.max_completion_length),
         model_init_kwargs={"dtype": "float32", "trust_remote_code": trust},  # fp32 master weights
