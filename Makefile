@@ -57,6 +57,8 @@ bench: setup
 	$(BIN)/python benchmarks/loss_memory.py
 	$(BIN)/python benchmarks/ui_figures.py
 	$(BIN)/python benchmarks/scale_figures.py
+	$(BIN)/python benchmarks/fsdp_figures.py
+	$(BIN)/python benchmarks/compute_figures.py
 
 # The grids behind docs/results-toy.md (hours on 2 cores; nodes on disk are reused).
 results-toy: setup

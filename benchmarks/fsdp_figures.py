@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/fsdp_figures.py [--out DIR]
 
 Runs the hub-smoke-fsdp grid's opd-only arm offline (the hub-smoke stand-ins are built into DIR first),
-then recomputes its OPD node with `resources.opd.processes` 1 and 2. One JSON object per line:
+then recomputes its OPD node with `resources.opd.processes` 2 and 1 (one process on a CPU is unsharded:
+FSDP needs a process group there). One JSON object per line:
 node_compute_s is the node's own compute time (inside its launched processes), node_wall_s the whole
 `s2d grid --refresh` command, peak_rss_mib the main rank's peak resident memory, and the local fractions
 what each rank held of the student and the teacher.
@@ -38,6 +39,7 @@ def main() -> None:
         return time.perf_counter() - start
 
     run("-m", "sparse2dense.hub_smoke")
+    run("-m", "sparse2dense.cli", "grid", "--profile", "hub-smoke-fsdp", "--arms", "opd-only")  # the inputs, once
     for processes in (2, 1):
         profile = work / f"fsdp-opd-{processes}.yaml"
         profile.write_text(yaml.safe_dump({"extends": "hub-smoke-fsdp", "name": "hub-smoke-fsdp",
