@@ -111,8 +111,12 @@ def accelerate_flags(resources: ResourceSpec, machine_rank: int, port: int, main
              "--machine_rank", str(machine_rank), "--main_process_ip", main_ip, "--main_process_port", str(port)]
     if resources.offload and resources.strategy == "zero3":
         flags += ["--offload_optimizer_device", "cpu", "--offload_param_device", "cpu"]
-    if resources.offload and resources.strategy == "fsdp2":
-        flags += ["--fsdp_offload_params", "true"]
+    if resources.strategy == "fsdp2":
+        # Checkpoints as shards, each rank writing its own (TRL's config gathers model and optimizer on rank 0);
+        # the final model is still saved whole (`Sharded.save_model`).
+        flags += ["--fsdp_state_dict_type", "SHARDED_STATE_DICT"]
+        if resources.offload:
+            flags += ["--fsdp_offload_params", "true"]
     return flags
 
 

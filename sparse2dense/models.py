@@ -80,10 +80,47 @@ def load_model(path: str | Path, hardware: HardwareSpec, *, trainable: bool, dev
 
     Trained weights stay fp32: they are the optimizer's master copy, and bf16 compute comes from
     the trainer's autocast. Stepping AdamW on bf16 weights would round most lr-1e-6 updates away.
+    Under FSDP only the first rank reads the checkpoint (see `shapes_only`); the model stays on the CPU
+    for the trainer to shard.
     """
     dtype = torch.float32 if trainable else dtype_for(hardware)
+    if shapes_only():
+        return _empty_model(path, dtype, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
-    return model.to(device or device_for(hardware))
+    CHECKPOINTS_READ.append(str(path))
+    return model if fsdp_loading() else model.to(device or device_for(hardware))
+
+
+CHECKPOINTS_READ: list[str] = []  # what this process read from disk (a sharded node's placement reports it)
+
+
+def fsdp_loading() -> bool:
+    """Launched under FSDP with cpu_ram_efficient_loading (TRL's fsdp2 config): the trainer shards the model
+    from the first rank's copy, so only that rank reads the weights."""
+    env = os.environ
+    return all(env.get(k, "false").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING"))
+
+
+def shapes_only() -> bool:
+    """Every rank but the first builds the model's shapes only: transformers 5 would read the whole checkpoint
+    on every rank (2.3 TB of fp32 on an 8-GPU machine for a 70B model)."""
+    return fsdp_loading() and int(os.environ.get("RANK", "0")) != 0
+
+
+def _empty_model(path: str | Path, dtype: torch.dtype, trust_remote_code: bool):
+    """The model's parameters on the meta device (buffers, such as rotary frequencies, computed as usual)."""
+    from accelerate import init_empty_weights
+    from transformers import GenerationConfig
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # from_config leaves tied embeddings apart on the meta device
+    try:  # the end tokens live there
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    except OSError:
+        pass
+    return model
 
 
 def end_token_ids(model, tokenizer) -> list[int]:

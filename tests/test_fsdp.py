@@ -7,8 +7,10 @@ tensors."""
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,16 @@ def test_student_and_teachers_each_hold_a_shard_on_each_rank(fsdp_grid):
                 assert placed["teacher_local_fraction"] < 1, m["name"]
 
 
+def test_only_the_first_rank_reads_the_checkpoints(fsdp_grid):
+    """The other ranks build the models' shapes and receive their shards (before: every rank read every model
+    whole, 2.3 TB of fp32 per machine for the 70B)."""
+    _, found, *_ = fsdp_grid
+    for m in found:
+        if m["kind"] in TRAINED:
+            models = 2 if m["kind"] in ("opd", "forward_kl") else 1  # student and teacher, or the policy
+            assert m["placement"]["checkpoints_read_per_rank"] == [models, 0], m["name"]
+
+
 def test_gradients_are_reduced_in_fp32_under_bf16_compute(fsdp_grid):
     _, found, *_ = fsdp_grid
     for m in found:
@@ -79,29 +91,88 @@ def test_opd_on_two_processes_trains_the_model_it_trains_on_one(fsdp_grid, tmp_p
     differ is rounding: bf16 compute under FSDP2's cast against autocast on 1 process, and the order of
     the reduction. A rank that trained on the wrong share of the batch, or gradients summed instead of
     averaged, moves the weights elsewhere."""
-    from safetensors.torch import load_file
-
     _, found, work, env = fsdp_grid
-    start = next(m for m in found if m["kind"] == "base" and m["name"] == "student")["outputs"]["model"]
     updates = {}
     for processes in (1, 2):
-        root = tmp_path / f"artifacts-{processes}"
-        shutil.copytree(work / "artifacts", root, symlinks=True)  # the OPD node's inputs, computed once
-        profile = tmp_path / f"greedy-{processes}.yaml"
         resources = {"launch": "process"} if processes == 1 else {"processes": 2}
-        profile.write_text(yaml.safe_dump({"extends": "hub-smoke-fsdp", "name": "hub-smoke-fsdp",
-                                           "opd": {"top_k": 1}, "resources": {"opd": resources}}))
-        done = subprocess.run([sys.executable, "-m", "sparse2dense.cli", "grid", "--profile", str(profile),
-                               "--arms", "opd-only", "--artifacts", str(root)], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-        [manifest] = [json.loads(p.read_text()) for p in root.glob("opd/*/manifest.json")
-                      if json.loads((p.parent / "node.json").read_text())["params"]["spec"].get("top_k") == 1]
+        root = greedy_opd_root(work, tmp_path / f"run-{processes}", {"resources": {"opd": resources}})
+        grid(work, root, env).check_returncode()
+        manifest = opd_manifest(root)
         assert manifest["world_size"] == processes
-        trained = load_file(Path(manifest["outputs"]["model"]) / "model.safetensors")
-        before = load_file(Path(start) / "model.safetensors")
-        updates[processes] = torch.cat([(trained[k].float() - before[k].float()).flatten() for k in sorted(before)])
-    one, two = updates[1], updates[2]
+        updates[processes] = update(found, manifest)
+    assert_same_update(updates[1], updates[2])
+
+
+def test_a_stopped_sharded_node_resumes_from_the_shards_each_rank_wrote(fsdp_grid, tmp_path):
+    """A checkpoint holds one shard per rank of the model and of the optimizer (no rank gathers either); a node
+    stopped mid-run resumes from them to the update an unstopped run trains, and ends with one whole model file."""
+    _, found, work, env = fsdp_grid
+    longer = {"opd": {"steps": 8, "save_steps": 1}}
+    whole = greedy_opd_root(work, tmp_path / "unstopped", longer)
+    grid(work, whole, env).check_returncode()
+    stopped = greedy_opd_root(work, tmp_path / "stopped", longer)
+    run = grid(work, stopped, env, wait=False)
+    deadline = time.monotonic() + 600
+    while not list(stopped.glob("opd/*/checkpoints/checkpoint-*/trainer_state.json")):
+        assert run.poll() is None and time.monotonic() < deadline, "the node ended before its first checkpoint"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)  # what Ctrl-C or a cancelled Prefect run does
+    assert run.wait(timeout=120) != 0
+    [checkpoint] = stopped.glob("opd/*/checkpoints/checkpoint-*")
+    for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not list(checkpoint.glob("*.safetensors"))
+
+    grid(work, stopped, env).check_returncode()
+    manifest = opd_manifest(stopped)
+    assert manifest["resumed_from_step"] >= 1 and manifest["metrics"]["steps"] == 8
+    assert [p.name for p in Path(manifest["outputs"]["model"]).glob("*.safetensors")] == ["model.safetensors"]
+    assert_same_update(update(found, opd_manifest(whole)), update(found, manifest))
+
+
+def greedy_opd_root(work: Path, folder: Path, overrides: dict) -> Path:
+    """A copy of the grid's artifacts (the OPD node's inputs, computed once) and a hub-smoke-fsdp profile with
+    greedy OPD sampling plus `overrides`, written beside it."""
+    root = folder / "artifacts"
+    shutil.copytree(work / "artifacts", root, symlinks=True)
+    profile = {"extends": "hub-smoke-fsdp", "name": "hub-smoke-fsdp", **overrides}
+    profile["opd"] = {"top_k": 1} | overrides.get("opd", {})
+    (folder / "profile.yaml").write_text(yaml.safe_dump(profile))
+    return root
+
+
+def grid(work: Path, root: Path, env: dict, wait: bool = True):
+    """`s2d grid` of the opd-only arm over `root` with the profile beside it, run where the hub-smoke files are."""
+    command = [sys.executable, "-m", "sparse2dense.cli", "grid", "--profile", str(root.parent / "profile.yaml"),
+               "--arms", "opd-only", "--artifacts", str(root)]
+    if not wait:
+        return subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        print((done.stdout + done.stderr)[-4000:])
+    return done
+
+
+def opd_manifest(root: Path) -> dict:
+    """The manifest of the greedy OPD node (top_k 1) under `root`."""
+    [manifest] = [json.loads(p.read_text()) for p in root.glob("opd/*/manifest.json")
+                  if json.loads((p.parent / "node.json").read_text())["params"]["spec"].get("top_k") == 1]
+    return manifest
+
+
+def update(found: list[dict], manifest: dict) -> torch.Tensor:
+    """The OPD node's weights minus the student base's, flattened."""
+    from safetensors.torch import load_file
+
+    start = next(m for m in found if m["kind"] == "base" and m["name"] == "student")["outputs"]["model"]
+    trained = load_file(Path(manifest["outputs"]["model"]) / "model.safetensors")
+    before = load_file(Path(start) / "model.safetensors")
+    assert all(trained[k].shape == v.shape for k, v in before.items())  # whole tensors, not a rank's shard
+    return torch.cat([(trained[k].float() - before[k].float()).flatten() for k in sorted(before)])
+
+
+def assert_same_update(one: torch.Tensor, two: torch.Tensor) -> None:
     assert one.norm() > 0
     assert torch.nn.functional.cosine_similarity(one, two, dim=0) > 0.99
     assert (one.norm() / two.norm()).item() == pytest.approx(1, abs=0.05)

@@ -19,7 +19,7 @@ from .. import data
 from ..config import ForwardKLSpec, OPDSpec, Profile, SamplingSpec
 from ..data import Split
 from ..generation import TransformersGenerator
-from ..models import check_same_vocabulary, device_for, dtype_for, load_model, load_tokenizer, set_threads
+from ..models import check_same_vocabulary, device_for, load_model, load_tokenizer, set_threads
 from .common import (
     MODEL_DIR,
     DecayEveryParameter,
@@ -33,7 +33,7 @@ from .common import (
     vllm_args,
     world_size,
 )
-from .sharding import Sharded, fsdp_enabled, shard_frozen
+from .sharding import Sharded, shard_frozen
 from .supervised import (
     FORWARD,
     REVERSE,
@@ -65,14 +65,11 @@ def forward_kl(profile: Profile, spec: ForwardKLSpec, student_path: str, rollout
         # Arguments first: under ZeRO-3 they make the model loads below shard while loading.
         args = TrainingArguments(**trainer_args(spec, profile.hardware, out, seed, steps=0, per_step=spec.batch_size,
                                                 micro_batch=spec.micro_batch), num_train_epochs=spec.epochs)
-        # Under FSDP both load on the CPU (the main process alone holds real weights) and the trainer shards them.
-        device = "cpu" if fsdp_enabled() else None
-        student = load_model(student_path, profile.hardware, trainable=True, device=device, trust_remote_code=trust)
+        student = load_model(student_path, profile.hardware, trainable=True, trust_remote_code=trust)
         probing = spec.probe_size > 0 and world_size() == 1
         teacher = None
         if spec.target == "soft" or probing:
-            teacher = load_model(teacher_path, profile.hardware, trainable=False, device=device,
-                                 trust_remote_code=trust).eval()
+            teacher = load_model(teacher_path, profile.hardware, trainable=False, trust_remote_code=trust).eval()
         probe = _probe(rows[: spec.probe_size], tokenizer, student, teacher, profile) if probing else None
         before = probe() if probe else None
         common = dict(model=student, args=args, train_dataset=Dataset.from_list(rows),
@@ -118,7 +115,9 @@ def opd(profile: Profile, spec: OPDSpec, teacher_path: str, student_path: str, s
         convs = [data.messages(r["problem"], profile.data) for r in split.rows]
         config = opd_config(profile, spec, out, seed, tokenizer, convs)
         trainer = _DistillationTrainer(
-            model=student_path, teacher_model=teacher_path, args=config,
+            model=load_model(student_path, profile.hardware, trainable=True, trust_remote_code=trust),
+            teacher_model=load_model(teacher_path, profile.hardware, trainable=False, trust_remote_code=trust),
+            args=config,
             train_dataset=Dataset.from_list([{"prompt": c} for c in convs]),
             processing_class=tokenizer, callbacks=list(callbacks),
         )
@@ -152,14 +151,10 @@ def _opd_probe(trainer, tokenizer, convs: list[list[dict]], spec: OPDSpec, profi
 
 def opd_config(profile: Profile, spec: OPDSpec, out: Path, seed: int, tokenizer=None,
                prompts=()) -> DistillationConfig:
-    trust = profile.models.trust_remote_code
     return DistillationConfig(
         **trainer_args(spec, profile.hardware, out, seed, spec.steps, per_step=spec.prompts_per_step,
                        micro_batch=spec.micro_batch),
         beta=REVERSE, temperature=spec.temperature, top_k=spec.top_k, max_completion_length=spec.max_completion_length,
         chat_template_kwargs=profile.data.chat_template_kwargs or None,
         **vllm_args(profile, tokenizer, prompts, spec.max_completion_length),
-        model_init_kwargs={"dtype": "float32", "trust_remote_code": trust},  # fp32 master weights
-        teacher_model_init_kwargs={"dtype": str(dtype_for(profile.hardware)).removeprefix("torch."),
-                                   "trust_remote_code": trust},
     )

@@ -12,7 +12,7 @@ from trl import GRPOConfig, GRPOTrainer
 from .. import data
 from ..config import GRPOSpec, Profile
 from ..data import Split
-from ..models import load_tokenizer, set_threads
+from ..models import load_model, load_tokenizer, set_threads
 from ..verify import is_correct
 from .common import (
     MODEL_DIR,
@@ -78,8 +78,10 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
         prompts = [data.messages(r["problem"], profile.data) for r in split.rows]
         dataset = Dataset.from_list([{"prompt": p, "answer": r["answer"], "id": r["id"]}
                                      for p, r in zip(prompts, split.rows)])
-        trainer = _GRPOTrainer(
-            model=model_path, reward_funcs=ledger.correctness,
+        trainer = _GRPOTrainer(  # the policy in fp32 (master weights); a reference model (beta > 0) is built alike
+            model=load_model(model_path, profile.hardware, trainable=True,
+                             trust_remote_code=profile.models.trust_remote_code),
+            reward_funcs=ledger.correctness,
             args=grpo_config(profile, spec, out, seed, tokenizer, prompts),
             train_dataset=dataset, processing_class=tokenizer, callbacks=[ledger, *callbacks],
         )
@@ -104,6 +106,5 @@ def grpo_config(profile: Profile, spec: GRPOSpec, out: Path, seed: int, tokenize
         max_completion_length=spec.max_completion_length, epsilon=spec.epsilon, epsilon_high=spec.epsilon_high,
         delta=spec.dual_clip, vllm_importance_sampling_correction=spec.importance_sampling_correction,
         loss_type=spec.loss_type, beta=spec.beta, chat_template_kwargs=profile.data.chat_template_kwargs or None,
-        model_init_kwargs={"dtype": "float32", "trust_remote_code": profile.models.trust_remote_code},
         **vllm_args(profile, tokenizer, prompts, spec.max_completion_length),
     )

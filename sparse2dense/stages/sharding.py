@@ -7,6 +7,8 @@
   bf16 copy of the gradients on every rank.
 - Frozen models (the OPD and forward-KL teachers) are sharded as the student is: per decoder layer,
   read once by the main process and handed out in shards.
+- Checkpoints (for resuming) are written as shards by every rank; the final model is gathered once
+  into one consolidated safetensors file, what the next node and `from_pretrained` read.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from contextlib import contextmanager
 
 import torch
 from transformers import TrainerCallback
+
+from .. import models
 
 
 def fsdp_enabled() -> bool:
@@ -44,13 +48,34 @@ class Sharded:
             self.accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
                 param_dtype=compute, reduce_dtype=torch.float32)
 
+    def save_model(self, output_dir=None, _internal_call: bool = False):
+        """The final model whole (a checkpoint's own save stays sharded: `_internal_call`)."""
+        if not (self.is_fsdp_enabled and not _internal_call):
+            return super().save_model(output_dir, _internal_call)
+        plugin = self.accelerator.state.fsdp_plugin
+        sharded = plugin.state_dict_type
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            plugin.set_state_dict_type(sharded)
+
     def placement(self, teacher=None) -> dict:
         """How the models were laid out, as measured on this rank (the main one writes it)."""
         facts = {"strategy": "fsdp2" if self.is_fsdp_enabled else "replicated",
                  "student_local_fraction": local_fraction(self.model), **self._probe.facts}
         if teacher is not None:
             facts["teacher_local_fraction"] = local_fraction(teacher)
+        if self.is_fsdp_enabled:
+            facts["checkpoints_read_per_rank"] = _per_rank(len(models.CHECKPOINTS_READ))
         return facts | {"peak_rss_mib": peak_rss_mib()}
+
+
+def _per_rank(value) -> list:
+    """`value` from every rank, in rank order (a collective: every rank calls it)."""
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
 
 
 def peak_rss_mib() -> int:
