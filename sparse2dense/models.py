@@ -94,11 +94,15 @@ def load_model(path: str | Path, hardware: HardwareSpec, *, trainable: bool, dev
 CHECKPOINTS_READ: list[str] = []  # what this process read from disk (a sharded node's placement reports it)
 
 
+def fsdp_enabled() -> bool:
+    """`accelerate launch` with an FSDP config says so in the environment of every rank."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def fsdp_loading() -> bool:
-    """Launched under FSDP with cpu_ram_efficient_loading (TRL's fsdp2 config): the trainer shards the model
-    from the first rank's copy, so only that rank reads the weights."""
-    env = os.environ
-    return all(env.get(k, "false").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING"))
+    """FSDP with cpu_ram_efficient_loading (TRL's fsdp2 config): the trainer shards the model from the first
+    rank's copy, so only that rank reads the weights."""
+    return fsdp_enabled() and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true"
 
 
 def shapes_only() -> bool:

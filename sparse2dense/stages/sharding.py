@@ -13,18 +13,12 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 import torch
 from transformers import TrainerCallback
 
 from .. import models
-
-
-def fsdp_enabled() -> bool:
-    """`accelerate launch` with an FSDP config says so in the environment of every rank."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 class Sharded:
@@ -36,7 +30,7 @@ class Sharded:
         self.add_callback(self._probe)
 
     def create_accelerator_and_postprocess(self):
-        if fsdp_enabled():
+        if models.fsdp_enabled():
             # Reduce-scatter every micro-batch: gradients accumulate sharded, in fp32.
             self.args.accelerator_config.gradient_accumulation_kwargs = {"sync_each_batch": True}
         with _fsdp_on_cpu():
@@ -50,7 +44,7 @@ class Sharded:
 
     def save_model(self, output_dir=None, _internal_call: bool = False):
         """The final model whole (a checkpoint's own save stays sharded: `_internal_call`)."""
-        if not (self.is_fsdp_enabled and not _internal_call):
+        if _internal_call or not self.is_fsdp_enabled:
             return super().save_model(output_dir, _internal_call)
         plugin = self.accelerator.state.fsdp_plugin
         sharded = plugin.state_dict_type
