@@ -18,7 +18,8 @@ Then it runs the project's own stage functions on them, one optimizer step each:
     forward_kl_fsdp2  forward KL launched the same way
     vllm            vLLM generation throughput, in a child process, only where `import vllm` works
 
-and prints one JSON object: seconds and peak GPU memory per step, optimizer-step seconds,
+and prints one JSON object: seconds and peak GPU memory per step beside what `s2d plan` predicts for the
+same node (planned_peak_gib, and on a GPU measured_over_planned), optimizer-step seconds,
 tokens per second of transformers generation (and vLLM's where installed), versions, and which
 steps ran, failed or were skipped. A failing step is recorded and the others still run. The JSON
 is rewritten after every step (to --json, default $OUT/gpu_check.json), so a run stopped at its
@@ -280,6 +281,57 @@ def make_profile(paths: dict, sizes: dict, device: str, precision: str, backend:
     })
 
 
+# --- the plan's prediction ------------------------------------------------------------------
+
+# The plan's node for each step: (node name in the grid below, on the FSDP2 variant of the profile).
+PLANNED = {"grpo": ("grpo", False), "grpo_launched": ("grpo", False), "rollouts": ("rollouts", False),
+           "forward_kl": ("forward_kl", False), "opd": ("opd", False), "evaluate": ("student", False),
+           "opd_fsdp2": ("opd", True), "forward_kl_fsdp2": ("forward_kl", True)}
+CHECK_GRID = {"name": "gpu-check", "nodes": {
+    "grpo": {"kind": "grpo", "model": "student", "split": "labeled", "settings": "student_grpo"},
+    "rollouts": {"kind": "rollouts", "model": "teacher"},
+    "forward_kl": {"kind": "forward_kl", "student": "student", "rollouts": "rollouts"},
+    "opd": {"kind": "opd", "teacher": "teacher", "student": "student"}},
+    "arms": {"grpo": "grpo", "forward_kl": "forward_kl", "opd": "opd", "student": "student"}}
+
+
+def planned_memory(profile, fsdp2, gpu_gib: float | None) -> dict:
+    """What `s2d plan` predicts per GPU for each step's node at this check's shapes (as if on a GPU, so a CPU
+    run shows the prediction too): its peak and the parts that make it up, in GiB."""
+    from sparse2dense import cost, dag
+    from sparse2dense.config import Grid, Profile
+
+    grid = Grid.model_validate(CHECK_GRID)
+    costs = {}
+    for sharded in (False, True):
+        dumped = profile.model_dump()
+        dumped["hardware"] |= {"device": "cuda"} | ({"gpu_memory_gib": gpu_gib} if gpu_gib else {})
+        if sharded:
+            dumped["resources"] |= {kind: fsdp2.model_dump() for kind in ("opd", "forward_kl")}
+        plan = dag.plan(Profile.model_validate(dumped), grid)
+        nodes = {row.arm: row.evaluation if row.arm == "student" else row.model for row in plan.rows}
+        nodes["rollouts"] = nodes["forward_kl"].input_map["rollouts"]
+        estimate = cost.estimate(plan)
+        costs[sharded] = {name: estimate.nodes[node.key] for name, node in nodes.items()}
+    return {step: {"peak_gib": costs[sharded][name].peak_gpu_memory_gib, "parts_gib": costs[sharded][name].memory}
+            for step, (name, sharded) in PLANNED.items()}
+
+
+def against_plan(record: dict, planned: dict | None) -> dict:
+    """The plan's peak beside the measured one, as measured / planned: this process's allocations for an inline
+    step, the device's use above what it held before for a launched one."""
+    if not planned:
+        return {}
+    out = {"planned_peak_gib": planned["peak_gib"], "planned_parts_gib": planned["parts_gib"]}
+    if "peak_device_used_gib" in record:
+        measured = record["peak_device_used_gib"] - record["device_used_before_gib"]
+    else:
+        measured = record.get("peak_gpu_allocated_gib")
+    if measured is not None and planned["peak_gib"]:
+        out["measured_over_planned"] = round(measured / planned["peak_gib"], 3)
+    return out
+
+
 # --- measuring -----------------------------------------------------------------------------
 
 
@@ -481,6 +533,7 @@ class Check:
         free_memory()
         if cuda():
             record["gpu_allocated_after_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
+        record.update(against_plan(record, getattr(self, "planned", {}).get(name)))
         if not self.args.keep:  # a trained 1.7B is 8 GB of fp32: keep the disk free for the next step
             for folder in record.pop("_remove", []):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -573,6 +626,8 @@ class Check:
 
         self.splits = {name: splits.split(self.profile.data, name) for name in ("labeled", "distill")}
         out["splits"] = {name: s.describe() for name, s in self.splits.items()}
+        self.planned = planned_memory(self.profile, self._fsdp2(), self.report.get("gpu_total_gib"))
+        out["planned_peak_gib"] = {step: plan["peak_gib"] for step, plan in self.planned.items()}
         from sparse2dense.verify import is_correct
 
         # Random models never write \\boxed{}, so the reward never calls math-verify: call it once here.
@@ -756,8 +811,8 @@ class Check:
         table = {}
         for name, record in steps.items():
             row = {"ok": record.get("ok"), "seconds": record.get("seconds")}
-            for key in ("step_seconds", "peak_gpu_allocated_gib", "peak_device_used_gib", "tokens_per_s", "skipped",
-                        "error"):
+            for key in ("step_seconds", "peak_gpu_allocated_gib", "peak_device_used_gib", "planned_peak_gib",
+                        "measured_over_planned", "tokens_per_s", "skipped", "error"):
                 if record.get(key) is not None:
                     row[key] = record[key] if key != "error" else record[key][:200]
             table[name] = row

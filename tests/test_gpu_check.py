@@ -66,3 +66,33 @@ def test_generation_figures_and_no_gpu_claims_on_cpu(report):
     assert not any(key.startswith("peak_gpu") for step in report["steps"].values() for key in step)
     assert report["versions"]["torch"] and report["versions"]["transformers"]
     assert set(report["summary"]) == set(report["steps"])
+
+
+def test_each_step_carries_what_the_plan_predicts_for_its_node(report):
+    """The plan's peak per GPU for the step's node at the check's shapes; a ratio only where a GPU measured it."""
+    steps = report["steps"]
+    for name in ("grpo", "rollouts", "forward_kl", "opd", "evaluate", "grpo_launched", "opd_fsdp2",
+                 "forward_kl_fsdp2"):
+        step = steps[name]
+        assert step["planned_peak_gib"] == pytest.approx(sum(step["planned_parts_gib"].values()), abs=0.01)
+        assert step["planned_peak_gib"] > 0 and "measured_over_planned" not in step  # no GPU figure on a CPU
+        assert report["summary"][name]["planned_peak_gib"] == step["planned_peak_gib"]
+    for kind in ("opd", "forward_kl"):  # the FSDP2 variant (2 processes on a CPU) shards both models in two
+        whole, sharded = steps[kind]["planned_parts_gib"], steps[f"{kind}_fsdp2"]["planned_parts_gib"]
+        assert sharded["trained model"] == pytest.approx(whole["trained model"] / 2, rel=1e-3)
+        assert sharded["frozen models"] == pytest.approx(whole["frozen models"] / 2, rel=1e-3)
+    assert "frozen models" not in steps["grpo"]["planned_parts_gib"]  # beta 0: no reference model
+
+
+def test_the_ratio_takes_the_launched_step_s_device_use_above_what_it_held_before():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    planned = {"peak_gib": 20.0, "parts_gib": {"trained model": 19.0, "overhead": 1.0}}
+    inline = gpu_check.against_plan({"peak_gpu_allocated_gib": 15.0}, planned)
+    launched = gpu_check.against_plan({"peak_gpu_allocated_gib": 0.5, "peak_device_used_gib": 26.0,
+                                       "device_used_before_gib": 1.0}, planned)
+    assert (inline["measured_over_planned"], launched["measured_over_planned"]) == (0.75, 1.25)
+    assert gpu_check.against_plan({"peak_gpu_allocated_gib": 15.0}, None) == {}
