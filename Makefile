@@ -11,7 +11,7 @@ EXTRAS := gpu,ray,dev
 CONSTRAINTS := -c configs/gpu-constraints.txt
 else
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS := ray,dev
+EXTRAS := ray,dev,deepspeed
 CONSTRAINTS :=
 endif
 

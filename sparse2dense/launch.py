@@ -109,8 +109,8 @@ def accelerate_flags(resources: ResourceSpec, machine_rank: int, port: int, main
     flags = ["--config_file", str(config_file(resources)),
              "--num_processes", str(resources.world_size), "--num_machines", str(resources.machines),
              "--machine_rank", str(machine_rank), "--main_process_ip", main_ip, "--main_process_port", str(port)]
-    if resources.offload and resources.strategy == "zero3":
-        flags += ["--offload_optimizer_device", "cpu", "--offload_param_device", "cpu"]
+    if resources.strategy == "zero3":
+        flags += ["--deepspeed_config_file", str(deepspeed_file(resources))]
     if resources.strategy == "fsdp2":
         # Checkpoints as shards, each rank writing its own (TRL's config gathers model and optimizer on rank 0);
         # the final model is still saved whole (`Sharded.save_model`).
@@ -121,9 +121,18 @@ def accelerate_flags(resources: ResourceSpec, machine_rank: int, port: int, main
 
 
 def config_file(resources: ResourceSpec) -> Path:
-    """TRL's accelerate configs (trl/accelerate_configs/)."""
-    name = {"ddp": "multi_gpu.yaml", "zero3": "zero3.yaml", "fsdp2": "fsdp2.yaml"}[resources.strategy]
+    """TRL's accelerate configs (trl/accelerate_configs/); zero3's is ours (launch_configs/), as TRL's
+    leaves DeepSpeed reducing gradients in the compute dtype (bf16)."""
+    if resources.strategy == "zero3":
+        return Path(str(package_files.files("sparse2dense") / "launch_configs" / "zero3.yaml"))
+    name = {"ddp": "multi_gpu.yaml", "fsdp2": "fsdp2.yaml"}[resources.strategy]
     return Path(str(package_files.files("trl") / "accelerate_configs" / name))
+
+
+def deepspeed_file(resources: ResourceSpec) -> Path:
+    """ZeRO-3's DeepSpeed settings: fp32 gradient reduction, the final model gathered on save, offload or not."""
+    name = "zero3-offload.json" if resources.offload else "zero3.json"
+    return Path(str(package_files.files("sparse2dense") / "launch_configs" / name))
 
 
 def _start(command: list[str]) -> subprocess.Popen:

@@ -1,4 +1,5 @@
-"""The sharded path on a laptop: the hub-smoke grid with every training node under FSDP2 on 2 CPU processes.
+"""The sharded path on a laptop: the hub-smoke grid with every training node under FSDP2 on 2 CPU processes
+(and the OPD node under DeepSpeed ZeRO-3).
 
 What the paper's GPU runs depend on, measured in each training node's manifest (`placement`, written by the
 main rank from the models as they were laid out): the student and the distillation teachers hold a shard
@@ -84,23 +85,38 @@ def test_gradients_are_reduced_in_fp32_under_bf16_compute(fsdp_grid):
             assert placed["gradient_dtype"] == "float32", m["name"]
 
 
-def test_opd_on_two_processes_trains_the_model_it_trains_on_one(fsdp_grid, tmp_path):
-    """The opd-only node from the same inputs, on 1 process (unsharded) and on 2 (FSDP2): the same update.
+@pytest.fixture(scope="module")
+def one_process_update(fsdp_grid, tmp_path_factory):
+    """The greedy opd-only node on 1 process (unsharded): the update the sharded runs must match."""
+    _, found, work, env = fsdp_grid
+    root = greedy_opd_root(work, tmp_path_factory.mktemp("opd-1"), {"resources": {"opd": {"launch": "process"}}})
+    grid(work, root, env).check_returncode()
+    manifest = opd_manifest(root)
+    assert manifest["world_size"] == 1
+    return update(found, manifest)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "zero3"])
+def test_opd_on_two_processes_trains_the_model_it_trains_on_one(fsdp_grid, one_process_update, strategy, tmp_path):
+    """The opd-only node from the same inputs, on 1 process (unsharded) and on 2 (FSDP2, or DeepSpeed ZeRO-3):
+    the same update.
 
     Sampling is greedy (top_k 1), so both draw the same completions whatever each rank's seed; what may
-    differ is rounding: bf16 compute under FSDP2's cast against autocast on 1 process, and the order of
-    the reduction. A rank that trained on the wrong share of the batch, or gradients summed instead of
-    averaged, moves the weights elsewhere."""
+    differ is rounding: bf16 compute under the sharded cast against autocast on 1 process, and the order
+    of the reduction. A rank that trained on the wrong share of the batch, or gradients summed instead of
+    averaged, moves the weights elsewhere, and so does a final model saved from ZeRO-3's bf16 copy rather
+    than its fp32 master weights. Under both strategies each rank holds a part of the student and of the
+    teacher, and gradients are accumulated and reduced in fp32 (TRL's zero3 config leaves them in bf16)."""
     _, found, work, env = fsdp_grid
-    updates = {}
-    for processes in (1, 2):
-        resources = {"launch": "process"} if processes == 1 else {"processes": 2}
-        root = greedy_opd_root(work, tmp_path / f"run-{processes}", {"resources": {"opd": resources}})
-        grid(work, root, env).check_returncode()
-        manifest = opd_manifest(root)
-        assert manifest["world_size"] == processes
-        updates[processes] = update(found, manifest)
-    assert_same_update(updates[1], updates[2])
+    root = greedy_opd_root(work, tmp_path, {"resources": {"opd": {"processes": 2, "strategy": strategy}}})
+    grid(work, root, env).check_returncode()
+    manifest = opd_manifest(root)
+    placed = manifest["placement"]
+    assert (manifest["world_size"], placed["strategy"]) == (2, strategy)
+    assert 0 < placed["student_local_fraction"] < 1 and 0 < placed["teacher_local_fraction"] < 1
+    assert placed["gradients_sharded"] and placed["compute_dtypes"] == ["bfloat16"]
+    assert (placed["gradient_dtype"], placed["reduce_dtypes"]) == ("float32", ["float32"])
+    assert_same_update(one_process_update, update(found, manifest))
 
 
 def test_a_stopped_sharded_node_resumes_from_the_shards_each_rank_wrote(fsdp_grid, tmp_path):

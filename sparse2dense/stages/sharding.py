@@ -1,4 +1,4 @@
-"""FSDP2 as the paper's runs need it, on GPUs and on CPU processes alike.
+"""FSDP2 as the paper's runs need it, on GPUs and on CPU processes alike (and ZeRO-3's placement facts).
 
 - accelerate turns FSDP on only for accelerator devices; here `strategy: fsdp2` on CPU processes
   (gloo) takes the same path, so the sharded code runs, and is tested, without a GPU.
@@ -44,6 +44,11 @@ class Sharded:
 
     def save_model(self, output_dir=None, _internal_call: bool = False):
         """The final model whole (a checkpoint's own save stays sharded: `_internal_call`)."""
+        if not _internal_call and self.is_deepspeed_enabled:
+            super().save_model(output_dir, _internal_call)
+            if (state := self._zero3_fp32_weights()) is not None:
+                self.model.save_pretrained(output_dir or self.args.output_dir, state_dict=state)
+            return None
         if _internal_call or not self.is_fsdp_enabled:
             return super().save_model(output_dir, _internal_call)
         plugin = self.accelerator.state.fsdp_plugin
@@ -54,13 +59,29 @@ class Sharded:
         finally:
             plugin.set_state_dict_type(sharded)
 
+    def _zero3_fp32_weights(self) -> dict | None:
+        """ZeRO-3's fp32 master weights, gathered one parameter at a time, kept by the main process only.
+
+        DeepSpeed's own save gathers the bf16 copy, which rounds away any update smaller than bf16's
+        step (a learning rate of 1e-6 moves no weight at all)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        state = {}
+        for name, param in self.model.named_parameters():
+            full = safe_get_full_fp32_param(param)  # a collective: every rank takes part
+            if self.args.should_save:
+                state[name] = full.detach().cpu()
+        return state if self.args.should_save else None
+
     def placement(self, teacher=None) -> dict:
         """How the models were laid out, as measured on this rank (the main one writes it)."""
-        facts = {"strategy": "fsdp2" if self.is_fsdp_enabled else "replicated",
-                 "student_local_fraction": local_fraction(self.model), **self._probe.facts}
+        strategy = "fsdp2" if self.is_fsdp_enabled else "zero3" if self.is_deepspeed_enabled else "replicated"
+        facts = {"strategy": strategy, "student_local_fraction": local_fraction(self.model), **self._probe.facts}
+        if self.is_deepspeed_enabled:
+            facts |= deepspeed_dtypes(self.model_wrapped)
         if teacher is not None:
             facts["teacher_local_fraction"] = local_fraction(teacher)
-        if self.is_fsdp_enabled:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             facts["checkpoints_read_per_rank"] = _per_rank(len(models.CHECKPOINTS_READ))
         return facts | {"peak_rss_mib": peak_rss_mib()}
 
@@ -92,9 +113,22 @@ def local_fraction(model) -> float:
     """This rank's share of the model's parameters: 1.0 when replicated, 1/world size when fully sharded."""
     local = total = 0
     for p in model.parameters():
+        if hasattr(p, "ds_tensor"):  # ZeRO-3: the parameter is a placeholder, its partition in ds_tensor
+            local, total = local + p.ds_tensor.numel(), total + p.ds_numel
+            continue
         total += p.numel()
         local += p.to_local().numel() if isinstance(p, torch.distributed.tensor.DTensor) else p.numel()
     return round(local / total, 4) if total else 1.0
+
+
+def deepspeed_dtypes(engine) -> dict:
+    """ZeRO-3's gradients as its engine keeps them: partitioned (never whole in `.grad`), accumulated and
+    reduced in the dtypes its config sets."""
+    model_dtype, accumulate = engine.get_data_types()
+    name = lambda dtype: str(dtype).removeprefix("torch.")  # noqa: E731
+    return {"gradients_sharded": bool(engine.zero_optimization_partition_gradients()),
+            "gradient_dtype": name(accumulate), "compute_dtypes": [name(model_dtype)],
+            "reduce_dtypes": [name(engine.communication_data_type)]}
 
 
 def reduction_dtypes(model) -> dict:
