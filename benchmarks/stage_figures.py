@@ -34,8 +34,8 @@ def run_one(stage: str, profile_name: str, out: Path) -> dict:
     teacher, student = str(out / "base" / "model"), str(out / "student" / "model")
     start = time.perf_counter()
     if stage == "base":
-        result = prepare_base(p, "teacher", p.models.teacher, out / "base")
-        prepare_base(p, "student", p.models.student, out / "student")  # for the stages below; not timed
+        result = prepare_base(p, "teacher", p.models.teacher, out / "base", p.seed)
+        prepare_base(p, "student", p.models.student, out / "student", p.seed)  # for the stages below; not timed
         wall = result["compute_s"]
     else:
         result = {

@@ -7,6 +7,7 @@ fails with the field's path instead of being silently ignored.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -344,8 +345,15 @@ class HardwareSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: bf16 compute over fp32 master weights (trained models), bf16 weights (frozen)")
-    num_threads: PositiveInt | None = Field(None, description="torch CPU threads; all cores when omitted")
+    num_threads: PositiveInt | None = Field(None, description="torch CPU threads; all cores when omitted. In every "
+                                                              "CPU node's key: CPU kernels reduce in an order that "
+                                                              "depends on it")
     gradient_checkpointing: bool = False
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads a result computed on the CPU depends on; None where the device is a GPU."""
+        return None if self.device == "cuda" else self.num_threads or os.cpu_count() or 1
+
     # What `s2d plan` assumes of the accelerator (planning only: no node's key or behaviour depends on these).
     gpu_name: str = Field("H100-80GB", description="the accelerator the compute plan assumes")
     gpu_peak_tflops: float = Field(989.0, gt=0, description="dense bf16 peak per device in TFLOP/s "
@@ -433,6 +441,10 @@ class Profile(Strict):
 
     name: str
     seed: int = 0
+    seed_scope: Literal["stages", "all"] = Field(
+        "stages", description="stages: the toy base models are pretrained once, with `seed`, and shared by every "
+                              "grid seed; all: each grid seed pretrains its own, so the spread over seeds includes "
+                              "stage 0's draw")
     models: ModelsSpec
     data: DataSpec
     grpo: GRPOSpec = Field(description="teacher-side GRPO (Stage 1)")
@@ -460,6 +472,9 @@ class Profile(Strict):
     def _consistent(self):
         if (self.models.teacher.source == "toy") != (self.data.source == "toy"):
             raise ValueError("toy models go with toy data, hub models with hub data")
+        if self.seed_scope == "all" and self.data.source != "toy":
+            raise ValueError("seed_scope: 'all' re-draws the toy base models per seed; hub base models are fetched "
+                             "as they are (use 'stages')")
         if self.generation.backend == "vllm" and self.hardware.device == "cpu":
             raise ValueError("generation.backend 'vllm' needs hardware.device 'cuda' or 'auto'")
         for kind in NODE_KINDS:

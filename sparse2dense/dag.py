@@ -72,10 +72,10 @@ def make_node(kind: str, name: str, params: dict, inputs: dict[str, Node]) -> No
 
 
 def _context(profile: Profile) -> dict:
-    """What every node's result depends on besides its own settings: prompt format and precision."""
+    """What every node's result depends on besides its own settings: prompt format, precision, CPU threads."""
     d = profile.data
     return {"suffix": d.prompt_suffix, "system": d.system_prompt, "template": d.chat_template_kwargs,
-            "checker": d.checker, "precision": profile.hardware.precision}
+            "checker": d.checker, "precision": profile.hardware.precision, "threads": profile.hardware.threads}
 
 
 def _split(profile: Profile, name: str) -> dict:
@@ -98,14 +98,17 @@ def _file_identity(path: str | None) -> str | None:
     return fingerprint(Path(path)) if Path(path).exists() else f"missing:{path}"
 
 
-def base_params(profile: Profile, role: str) -> dict:
+def base_params(profile: Profile, role: str, seed: int) -> dict:
+    """A base model's params; a toy one is drawn with the profile's seed, plus the grid seed under
+    `seed_scope: all`."""
     spec = getattr(profile.models, role)
     if spec.source == "hub":
         from .identity import identity
 
         return {"role": role, "model": identity(spec)}
     data = profile.data.model_dump(include={"toy", "split_seed", "heldout_fraction", "pool_size", "benchmarks"})
-    return {"role": role, "model": spec.model_dump(), "seed": profile.seed, "data": data} | _context(profile)
+    drawn = profile.seed + (seed if profile.seed_scope == "all" else 0)
+    return {"role": role, "model": spec.model_dump(), "seed": drawn, "data": data} | _context(profile)
 
 
 def stage_params(profile: Profile, node: GridNode, seed: int) -> dict:
@@ -182,9 +185,8 @@ def plan(profile: Profile, grid: Grid, arms: list[str] | None = None, seeds: lis
     rows: list[Row] = []
     for budget in grid.budgets or [profile.data.labeled_budget]:
         variant = with_budget(profile, budget)
-        bases = {role: make_node("base", role, base_params(variant, role), {}) for role in BASE_MODELS}
         for seed in seeds:
-            built: dict[str, Node] = dict(bases)
+            built = {role: make_node("base", role, base_params(variant, role, seed), {}) for role in BASE_MODELS}
             for arm in chosen:
                 model = _build(grid.arms[arm], grid, variant, seed, built)
                 evaluation = make_node("evaluate", f"evaluate:{arm}", evaluate_params(variant, seed),
@@ -219,7 +221,10 @@ def node_tags(plan: Plan, key: str) -> dict[str, str]:
     """What MLflow groups a node's run by: every arm it serves, its seed (base models, trained once with the
     profile's seed, serve every seed of the grid)."""
     node = plan.nodes[key]
-    seed = "all" if node.kind == "base" else str(node.params["seed"])
+    if node.kind != "base":
+        seed = str(node.params["seed"])
+    else:  # shared by every seed, unless each seed draws its own
+        seed = str(node.params["seed"] - plan.profile.seed) if plan.profile.seed_scope == "all" else "all"
     return {"s2d.arm": ",".join(plan.arms_of[key]), "s2d.seed": seed}
 
 

@@ -81,7 +81,7 @@ def run_stage(profile: Profile, node: NodeSpec, inputs: dict[str, dict], out: Pa
         spec = getattr(profile.models, p["role"])
         if spec.source == "toy":  # the key hashes the toy model's whole definition
             spec = ModelSpec.model_validate(p["model"])
-        return base.prepare_base(profile, p["role"], spec, out, callbacks), []
+        return base.prepare_base(profile, p["role"], spec, out, seed, callbacks), []
     if kind in ("grpo", "replay"):
         split = _split(profile, p)
         return grpo.grpo(profile, GRPOSpec.model_validate(p["spec"]), model_of["model"], split, out, seed,

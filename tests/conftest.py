@@ -22,7 +22,7 @@ def bases(smoke, tmp_path_factory):
     from sparse2dense.stages.base import prepare_base
 
     root = tmp_path_factory.mktemp("bases")
-    return {role: prepare_base(smoke, role, getattr(smoke.models, role), root / role)["outputs"]["model"]
+    return {role: prepare_base(smoke, role, getattr(smoke.models, role), root / role, smoke.seed)["outputs"]["model"]
             for role in ("teacher", "student")}
 
 

@@ -130,3 +130,47 @@ def test_bad_grids(tmp_path, nodes, arms, expected):
     with pytest.raises(ConfigError, match=None) as err:
         load_grid(write(tmp_path, "g", {"name": "g", "nodes": nodes, "arms": arms}))
     assert expected in str(err.value)
+
+
+def _keys(profile, kind, seeds=(0,)):
+    from sparse2dense import dag
+
+    plan = dag.plan(profile, load_grid("allocation"), seeds=list(seeds))
+    return {key for key, node in plan.nodes.items() if node.kind == kind}, plan
+
+
+def test_cpu_threads_are_in_every_cpu_nodes_key():
+    """CPU kernels reduce in an order that depends on the thread count: 33% or 62% for the same toy teacher."""
+    two, _ = _keys(load_profile("smoke"), "base")
+    one, _ = _keys(load_profile("smoke", {"hardware.num_threads": 1}), "base")
+    assert two and not two & one
+    all_two, _ = _keys(load_profile("smoke"), "grpo")
+    all_one, _ = _keys(load_profile("smoke", {"hardware.num_threads": 1}), "grpo")
+    assert not all_two & all_one
+    # On GPUs the thread count decides no result, and no key holds it.
+    paper, _ = _keys(load_profile("qwen3-8b-1.7b"), "grpo")
+    assert paper == _keys(load_profile("qwen3-8b-1.7b", {"hardware.num_threads": 3}), "grpo")[0]
+
+
+@pytest.mark.parametrize("name", [n for n in PROFILES if n.startswith("toy")])
+def test_toy_profiles_pin_their_threads_and_draw_base_models_per_seed(name):
+    profile = load_profile(name)
+    assert profile.hardware.num_threads == 2 and profile.seed_scope == "all"
+
+
+def test_seed_scope_all_pretrains_base_models_per_grid_seed():
+    from sparse2dense import dag
+
+    shared, plan = _keys(load_profile("smoke"), "base", seeds=(0, 1, 2))
+    assert len(shared) == 2 and {dag.node_tags(plan, k)["s2d.seed"] for k in shared} == {"all"}
+    own, plan = _keys(load_profile("smoke", {"seed_scope": "all"}), "base", seeds=(0, 1, 2))
+    assert len(own) == 6 and own >= shared  # seed 0 draws what the shared scope draws: computed once
+    tags = sorted((plan.nodes[k].name, dag.node_tags(plan, k)["s2d.seed"]) for k in own)
+    assert tags == [(role, str(s)) for role in ("student", "teacher") for s in (0, 1, 2)]
+    teacher = [plan.nodes[k] for k in own if plan.nodes[k].name == "teacher"]
+    assert sorted(n.params["seed"] for n in teacher) == [0, 1, 2]
+
+
+def test_seed_scope_all_on_hub_models_is_refused():
+    with pytest.raises(ConfigError, match="seed_scope"):
+        load_profile("hub-smoke", {"seed_scope": "all"})
