@@ -38,6 +38,7 @@ no GPU figure (gpu_measured: false).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -49,7 +50,7 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -400,7 +401,7 @@ def step_timer():
     return StepTimer()
 
 
-@contextmanager
+@contextlib.contextmanager
 def generation_meter(calls: list[dict]):
     """Times every TransformersGenerator.generate call (the project's generation path) and counts its tokens."""
     from sparse2dense.generation import TransformersGenerator
@@ -902,8 +903,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.vllm_child:
         return vllm_child(args)
-    check = Check(args)
-    report = check.run()
+    # stdout carries the report alone: libraries that log to stdout (DeepSpeed does) go to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        report = Check(args).run()
     print(json.dumps(report, indent=2, default=str), flush=True)
     return 0 if not report["failed"] and "build" in report["ran"] else 1
 
