@@ -50,7 +50,6 @@ import sys
 import threading
 import time
 import traceback
-
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,12 +3,13 @@
     make results-toy          # or: .venv/bin/python scripts/toy_results.py [--only NAME] [--profile P] [--seeds 0,1,2]
 
 Runs (nodes already on disk are reused, so a rerun only redraws):
-  main      the allocation grid on `toy` and on `toy-strong-student`, seeds 0, 1, 2
-  sweep     the budget-sweep grid on both profiles, seed 0
+  main      the allocation grid on `toy`, `toy-mid-student` and `toy-strong-student`, seeds 0, 1, 2
+  sweep     the budget-sweep grid on `toy` (or on each --profile), seeds 0, 1, 2
   stage3    Stage 3 against its replay control on `toy` with more held-out labels, more Stage 3 steps,
             and both, seeds 0, 1, 2
-Writes docs/results-toy/<name>.{md,png} (tables as `s2d report` prints them, charts from the report)
-and prints the tables. Uses the usual locations ($S2D_ARTIFACTS, $MLFLOW_TRACKING_URI).
+Writes docs/results-toy/<name>.{md,png} (tables as `s2d report` prints them, charts from the report),
+claims-<profile>.md (each of the paper's claims as a paired difference over seeds) and prints them.
+Uses the usual locations ($S2D_ARTIFACTS, $MLFLOW_TRACKING_URI).
 """
 
 import argparse
@@ -25,11 +26,19 @@ from sparse2dense.locations import artifacts_root
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "docs" / "results-toy"
-PROFILES = ("toy", "toy-strong-student")
+PROFILES = ("toy", "toy-mid-student", "toy-strong-student")
 # Stage 3 variants: (name, what changes in the toy profile)
 STAGE3 = {"more-heldout": {"data": {"heldout_budget": 1000}},
           "more-steps": {"student_grpo": {"steps": 300}},
           "both": {"data": {"heldout_budget": 1000}, "student_grpo": {"steps": 300}}}
+# The paper's claims as (claim, the arm it puts above, the arm it puts below), read seed by seed
+CLAIMS = (("GRPO improves the teacher", "teacher-grpo", "teacher-base"),
+          ("RL'd-teacher transfer (the bridge) beats direct GRPO", "bridge", "direct-grpo"),
+          ("direct GRPO beats raw-teacher transfer", "direct-grpo", "raw-teacher-bridge"),
+          ("RL'd-teacher transfer beats raw-teacher transfer", "bridge", "raw-teacher-bridge"),
+          ("forward KL matters: the bridge beats OPD alone", "bridge", "opd-only"),
+          ("OPD matters: the bridge beats forward KL alone", "bridge", "fkl-only"),
+          ("Stage 3 beats its replay control", "bridge+grpo", "bridge+replay"))
 
 
 def grid(profile: str, grid_name: str, seeds: str, arms: str | None = None) -> None:
@@ -51,6 +60,31 @@ def write(name: str, rows: list[dict], title: str) -> None:
     print(f"\n## {name}: {title}\n\n{report.markdown(rows)}", flush=True)
 
 
+def verdict(mean: float, sem: float) -> str:
+    """Two standard errors of the paired difference either side of zero, or neither."""
+    if mean - 2 * sem > 0:
+        return "yes"
+    if mean + 2 * sem < 0:
+        return "**no**: reversed"
+    return "not resolved"
+
+
+def claims(profile: str, rows: list[dict]) -> None:
+    """Each claim's paired difference over seeds (base models included with `seed_scope: all`)."""
+    metric = report.headline_metric(rows)
+    lines = [f"| claim | above − below | per seed | mean ± s.e. | holds on `{profile}`? |", "|---|---|---|---|---|"]
+    for claim, above, below in CLAIMS:
+        pair = report.paired(rows, above, below, metric)
+        if not pair["seeds"]:
+            continue
+        per_seed = ", ".join(f"{100 * d:+.1f}" for d in pair["differences"])
+        mean, sem = 100 * pair["mean"], 100 * pair["sem"]
+        lines.append(f"| {claim} | {above} − {below} | {per_seed} | {mean:+.1f} ± {sem:.1f} | {verdict(mean, sem)} |")
+    text = "\n".join(lines) + "\n"
+    (OUT / f"claims-{profile}.md").write_text(text)
+    print(f"\n## claims on {profile} ({metric}, paired by seed)\n\n{text}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["main", "sweep", "stage3"], action="append")
@@ -58,18 +92,20 @@ def main() -> None:
     parser.add_argument("--profile", choices=PROFILES, action="append", help="main and sweep: these profiles only")
     args = parser.parse_args()
     profiles = args.profile or PROFILES
+    swept = args.profile or ("toy",)
     only = set(args.only or ["main", "sweep", "stage3"])
     seeds = [int(s) for s in args.seeds.split(",")]
     if "main" in only:
         for profile in profiles:
             grid(profile, "allocation", args.seeds)
-            write(f"allocation-{profile}", table(profile, "allocation", seeds),
-                  f"{profile}: the allocation grid, seeds {args.seeds}")
+            rows = table(profile, "allocation", seeds)
+            write(f"allocation-{profile}", rows, f"{profile}: the allocation grid, seeds {args.seeds}")
+            claims(profile, rows)
     if "sweep" in only:
-        for profile in profiles:
-            grid(profile, "budget-sweep", "0")
-            write(f"budget-sweep-{profile}", table(profile, "budget-sweep", [0]),
-                  f"{profile}: accuracy against labels spent, seed 0")
+        for profile in swept:
+            grid(profile, "budget-sweep", args.seeds)
+            write(f"budget-sweep-{profile}", table(profile, "budget-sweep", seeds),
+                  f"{profile}: accuracy against labels spent, seeds {args.seeds}")
     if "stage3" in only:
         arms = "bridge+grpo,bridge+replay"
         with tempfile.TemporaryDirectory() as folder:

@@ -76,6 +76,17 @@ def _sem(values: list[float], mean: float) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def paired(table: list[dict], above: str, below: str, metric: str) -> dict:
+    """`above` minus `below` seed by seed, on the seeds where both completed: the differences, their mean
+    and its standard error. Pairing removes what a seed shares between arms (with `seed_scope: all`,
+    its base models)."""
+    value = {(r["arm"], r["seed"]): r[metric] for r in table if r["status"] == "completed" and metric in r}
+    seeds = sorted({s for a, s in value if a == above} & {s for a, s in value if a == below})
+    differences = [value[above, s] - value[below, s] for s in seeds]
+    mean = sum(differences) / len(differences) if differences else math.nan
+    return {"seeds": seeds, "differences": differences, "mean": mean, "sem": _sem(differences, mean)}
+
+
 def markdown(table: list[dict]) -> str:
     lines = summary(table)
     names = metric_names(table)
