@@ -388,11 +388,16 @@ class ResourceSpec(Strict):
     strategy: Literal["ddp", "zero3", "fsdp2"] = Field("ddp", description="how accelerate shards the models")
     offload: bool = Field(False, description="parameters and optimizer state on CPU (zero3 and fsdp2)")
     timeout_s: PositiveInt | None = Field(None, description="wall-clock limit of one attempt")
+    python: str | None = Field(None, description="the Python a launched node runs under, its own environment "
+                                                 "apart from the grid's (e.g. .venv-node/bin/python, with vLLM); "
+                                                 "omitted: the grid's own")
 
     def problem(self) -> str | None:
         """Checked once a kind's entry is merged over `default` (an entry alone may list one field)."""
         if (self.processes > 1 or self.machines > 1) and self.launch != "accelerate":
             return "several processes or machines need launch: accelerate"
+        if self.python and self.launch == "inline":
+            return "python (a node runtime) needs launch: process or accelerate"
         if self.offload and self.strategy == "ddp":
             return "offload needs strategy zero3 or fsdp2"
         return None
@@ -475,8 +480,6 @@ class Profile(Strict):
         if self.seed_scope == "all" and self.data.source != "toy":
             raise ValueError("seed_scope: 'all' re-draws the toy base models per seed; hub base models are fetched "
                              "as they are (use 'stages')")
-        if self.generation.backend == "vllm" and self.hardware.device == "cpu":
-            raise ValueError("generation.backend 'vllm' needs hardware.device 'cuda' or 'auto'")
         for kind in NODE_KINDS:
             self.resources.of(kind)  # each kind's merged entry must be launchable
         for kind in ("rollouts", "evaluate"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -30,6 +32,7 @@ def problems(plan: Plan, root: Path) -> list[str]:
     profile = plan.profile
     found = _artifact_root(root)
     found += _tracking()
+    found += _runtimes(plan)
     found += _models(profile)
     found += _data(profile)
     if not found:
@@ -52,6 +55,39 @@ def local_gangs(plan: Plan) -> list[str]:
     return [f"{named}; the local runner would start every rank on this one machine: start a Ray cluster "
             "(`ray start --head` on one machine, `ray start --address HEAD:6379` on the others) and run "
             "s2d grid --runner ray --address HEAD:6379"]
+
+
+GENERATING = ("rollouts", "evaluate", "grpo", "replay", "opd")  # kinds that sample, with vLLM where asked
+
+
+def _runtimes(plan: Plan) -> list[str]:
+    """Each node runtime (`resources.*.python`, else the grid's own) exists and can import what its nodes need:
+    the stages' packages in another environment, vLLM (its GPU or CPU build) wherever a node samples with it."""
+    needs: dict[str, set[str]] = {}
+    for node in plan.nodes.values():
+        r = plan.profile.resources.of(node.kind, node.params.get("settings"))
+        modules = {"sparse2dense", "torch", "transformers", "trl"} if r.python else set()
+        modules |= {"accelerate"} if r.python and r.launch == "accelerate" else set()
+        modules |= {"deepspeed"} if r.python and r.strategy == "zero3" else set()
+        modules |= {"vllm"} if plan.profile.generation.backend == "vllm" and node.kind in GENERATING else set()
+        if modules:
+            needs.setdefault(r.python or sys.executable, set()).update(modules)
+    return [line for python, modules in sorted(needs.items()) for line in _runtime(python, sorted(modules))]
+
+
+def _runtime(python: str, modules: list[str]) -> list[str]:
+    if not shutil.which(python):
+        return [f"resources: the node runtime {python} does not exist or is not executable: build it "
+                "(`make hub-smoke-vllm` builds .venv-node) or drop `python` to run nodes in the grid's environment"]
+    probe = ("import importlib.util, json, sys; "
+             "print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]))")
+    try:
+        done = subprocess.run([python, "-c", probe, *modules], capture_output=True, text=True, timeout=60)
+        missing = json.loads(done.stdout)
+    except (subprocess.TimeoutExpired, ValueError, OSError) as err:
+        return [f"resources: the node runtime {python} does not start a Python ({err})"]
+    return [f"resources: the node runtime {python} cannot import {m}, which its nodes need: install it there"
+            for m in missing]
 
 
 def _artifact_root(root: Path) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -46,7 +45,7 @@ def _machine(command: list[str]) -> tuple[int, list[str]]:
 
 def run_gang(resources: ResourceSpec, spec_path: Path, on_line) -> tuple[list[int] | None, list[str]]:
     """(exit codes, or None after a timeout; the last lines of the machines that failed)."""
-    from .launch import accelerate_flags
+    from .launch import accelerate_command
 
     bundle = {"CPU": 1, **({"GPU": resources.gpus} if resources.gpus else {})}
     group = placement_group([bundle] * resources.machines, strategy="STRICT_SPREAD")
@@ -56,10 +55,8 @@ def run_gang(resources: ResourceSpec, spec_path: Path, on_line) -> tuple[list[in
               for i in range(resources.machines)]
         main_ip, port = ray.get(_rendezvous.options(scheduling_strategy=at[0]).remote())
         on_line(f"gang of {resources.machines} machines, rendezvous {main_ip}:{port}")
-        entry = ["-m", "sparse2dense.node", str(spec_path)]
         runs = [_machine.options(scheduling_strategy=at[i], num_gpus=resources.gpus).remote(
-                    [sys.executable, "-m", "accelerate.commands.launch",
-                     *accelerate_flags(resources, i, port, main_ip), *entry])
+                    accelerate_command(resources, spec_path, i, port, main_ip))
                 for i in range(resources.machines)]
         return _wait(runs, resources.timeout_s)
     finally:

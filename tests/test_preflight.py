@@ -95,3 +95,27 @@ def test_colocated_vllm_context_is_the_longest_prompt_plus_the_completion_limit(
     prompts = [[{"role": "user", "content": "1+2"}], [{"role": "user", "content": "10+20+30"}]]
     args = vllm_args(profile, build_toy_tokenizer(), prompts, 24)
     assert args["use_vllm"] and args["vllm_max_model_length"] == 1 + len("10+20+30") + 1 + 24
+
+
+def runtime_problems(tmp_path, python: str, backend: str) -> list[str]:
+    profile = load_profile("smoke", {"resources.evaluate": {"launch": "process", "python": python},
+                                     "generation.backend": backend})
+    return preflight.problems(dag.plan(profile, load_grid("allocation"), ["teacher-base"]), tmp_path / "artifacts")
+
+
+def test_a_node_runtime_is_checked_before_compute_one_line_each(tmp_path):
+    import sys
+
+    missing = str(tmp_path / "no-env" / "bin" / "python")
+    [line] = runtime_problems(tmp_path, missing, "transformers")
+    assert line.startswith(f"resources: the node runtime {missing} does not exist")
+    assert runtime_problems(tmp_path, sys.executable, "transformers") == []
+    [line] = runtime_problems(tmp_path, sys.executable, "vllm")  # the grid's environment has no vLLM
+    assert line == (f"resources: the node runtime {sys.executable} cannot import vllm, which its nodes need: "
+                    "install it there")
+    assert not (tmp_path / "artifacts" / "base").exists()
+
+
+def test_a_node_runtime_on_a_node_that_is_not_launched_is_refused():
+    with pytest.raises(ValueError, match="python \\(a node runtime\\) needs launch: process or accelerate"):
+        load_profile("smoke", {"resources.evaluate": {"python": "/usr/bin/python3"}})

@@ -86,6 +86,23 @@ def test_a_launched_node_past_its_limit_fails_and_leaves_no_process(smoke, tmp_p
     assert dag.read_manifest(tmp_path, teacher) is None
 
 
+def test_a_launched_node_runs_under_its_node_runtime(smoke, tmp_path):
+    """`resources.*.python`: the node's processes start under that Python, not the grid's."""
+    runtime = tmp_path / "node-env" / "python"
+    runtime.parent.mkdir()
+    runtime.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/runtime-calls\nexec {sys.executable} "$@"\n')
+    runtime.chmod(0o755)
+    base = smoke.resources.default.model_copy(update={"launch": "process", "python": str(runtime)})
+    profile = smoke.model_copy(update={"resources": smoke.resources.model_copy(update={"base": base})})
+    plan = dag.plan(profile, load_grid("allocation"), ["teacher-base"])
+    teacher = next(n for n in plan.nodes.values() if n.kind == "base" and n.name == "teacher")
+    manifest = launch.run_launched(profile, teacher.spec(), {}, tmp_path, profile.resources.of("base"), {},
+                                   on_line=print)
+    spec = dag.node_dir(tmp_path, teacher) / "spec.json"
+    assert (tmp_path / "runtime-calls").read_text().split() == ["-m", "sparse2dense.node", str(spec)]
+    assert manifest["metrics"]["dev_accuracy"] > 0
+
+
 def test_a_killed_launcher_takes_its_node_down(smoke, tmp_path):
     """SIGKILL the process that launched a node: the node's watchdog ends its whole group."""
     plan = dag.plan(smoke, load_grid("allocation"), ["teacher-base"])
