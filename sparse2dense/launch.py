@@ -91,16 +91,21 @@ def _in_ray_worker() -> bool:
 def launch_commands(resources: ResourceSpec, spec_path: Path) -> list[list[str]]:
     """The command line for each machine of the node (one for a single machine)."""
     if resources.launch == "process":
-        return [[resources.python or sys.executable, "-m", "sparse2dense.node", str(spec_path)]]
+        return [_node_command(resources, spec_path)]
     port = free_port()
     return [accelerate_command(resources, spec_path, rank, port) for rank in range(resources.machines)]
 
 
 def accelerate_command(resources: ResourceSpec, spec_path: Path, machine_rank: int, port: int,
                        main_ip: str = "127.0.0.1") -> list[str]:
-    """One machine's `accelerate launch` of the node, under the node runtime's Python."""
-    return [resources.python or sys.executable, "-m", "accelerate.commands.launch",
-            *accelerate_flags(resources, machine_rank, port, main_ip), "-m", "sparse2dense.node", str(spec_path)]
+    """One machine's `accelerate launch` of the node."""
+    return _node_command(resources, spec_path, "-m", "accelerate.commands.launch",
+                         *accelerate_flags(resources, machine_rank, port, main_ip))
+
+
+def _node_command(resources: ResourceSpec, spec_path: Path, *launcher: str) -> list[str]:
+    """The node's entry point under its runtime's Python (the grid's own unless `python` names another)."""
+    return [resources.python or sys.executable, *launcher, "-m", "sparse2dense.node", str(spec_path)]
 
 
 def accelerate_flags(resources: ResourceSpec, machine_rank: int, port: int, main_ip: str = "127.0.0.1") -> list[str]:

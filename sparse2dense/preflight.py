@@ -66,19 +66,23 @@ def _runtimes(plan: Plan) -> list[str]:
     needs: dict[str, set[str]] = {}
     for node in plan.nodes.values():
         r = plan.profile.resources.of(node.kind, node.params.get("settings"))
-        modules = {"sparse2dense", "torch", "transformers", "trl"} if r.python else set()
-        modules |= {"accelerate"} if r.python and r.launch == "accelerate" else set()
-        modules |= {"deepspeed"} if r.python and r.strategy == "zero3" else set()
+        modules = _stage_modules(r) if r.python else set()
         modules |= {"vllm"} if plan.profile.generation.backend == "vllm" and node.kind in GENERATING else set()
         if modules:
             needs.setdefault(r.python or sys.executable, set()).update(modules)
     return [line for python, modules in sorted(needs.items()) for line in _runtime(python, sorted(modules))]
 
 
+def _stage_modules(r) -> set[str]:
+    """What a node needs in an environment of its own, besides vLLM."""
+    return ({"sparse2dense", "torch", "transformers", "trl"} | ({"accelerate"} if r.launch == "accelerate" else set())
+            | ({"deepspeed"} if r.strategy == "zero3" else set()))
+
+
 def _runtime(python: str, modules: list[str]) -> list[str]:
     if not shutil.which(python):
-        return [f"resources: the node runtime {python} does not exist or is not executable: build it "
-                "(`make hub-smoke-vllm` builds .venv-node) or drop `python` to run nodes in the grid's environment"]
+        return [f"resources: the node runtime {python} does not exist or is not executable: build it (the stage "
+                "packages, then `pip install --no-deps -e .`) or drop `python` to run nodes in the grid's environment"]
     probe = ("import importlib.util, json, sys; "
              "print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]))")
     try:
