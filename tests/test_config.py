@@ -174,3 +174,30 @@ def test_seed_scope_all_pretrains_base_models_per_grid_seed():
 def test_seed_scope_all_on_hub_models_is_refused():
     with pytest.raises(ConfigError, match="seed_scope"):
         load_profile("hub-smoke", {"seed_scope": "all"})
+
+
+def test_the_backend_a_node_samples_with_is_in_its_key():
+    """vLLM and transformers draw different samples from one seed: a node that samples keys its backend."""
+    hf = load_profile("hub-smoke")
+    vllm = load_profile("hub-smoke-vllm")  # vLLM for rollouts and evaluation, transformers in GRPO and OPD
+    assert not _keys(hf, "evaluate")[0] & _keys(vllm, "evaluate")[0]
+    # GRPO on a base model samples as in hub-smoke (the node runtime is no input); after vLLM's rollouts, not.
+    assert len(_keys(hf, "grpo")[0] & _keys(vllm, "grpo")[0]) == 2 and _keys(hf, "grpo")[0] != _keys(vllm, "grpo")[0]
+    assert not _keys(hf, "forward_kl")[0] & _keys(vllm, "forward_kl")[0]  # it trains on vLLM's rollouts
+    _, plan = _keys(vllm, "opd")
+    assert {n.params["sampler"] for n in plan.nodes.values() if n.kind in ("opd", "grpo")} == {"transformers"}
+    assert {n.params["sampler"] for n in plan.nodes.values() if n.kind in ("rollouts", "evaluate")} == {"vllm"}
+    assert all("sampler" not in n.params for n in plan.nodes.values() if n.kind in ("forward_kl", "base"))
+
+
+def test_vllm_on_a_cpu_has_no_sleep_mode():
+    with pytest.raises(ConfigError, match="sleep_mode needs a GPU"):
+        load_profile("hub-smoke-vllm", {"generation.colocated_backend": "vllm"})  # sleep_mode from the paper's
+    assert load_profile("hub-smoke-vllm").generation.sleep_mode  # harmless where GRPO and OPD use transformers
+
+
+def test_a_relative_node_runtime_is_taken_from_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    profile = load_profile("hub-smoke-vllm")
+    assert profile.resources.of("evaluate").python == str(tmp_path / ".venv-node" / "bin" / "python")
+    assert profile.resources.of("base").python is None  # inline: in the grid's process

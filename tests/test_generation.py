@@ -1,5 +1,5 @@
-"""How the generators are seeded. vLLM is not installed on CPU machines, so its test records what our code
-hands vLLM's API (a recording `vllm` module in its place); the engine itself runs where vLLM is installed."""
+"""How the generators are seeded. The grid's environment has no vLLM, so its test here records what our code
+hands vLLM's API (a recording `vllm` module in its place); test_vllm runs the engine in the node runtime."""
 
 import sys
 import types
@@ -11,7 +11,7 @@ from sparse2dense.generation import TransformersGenerator, VLLMGenerator
 from sparse2dense.models import load_model, load_tokenizer
 
 
-def test_vllm_seeds_its_engine_and_no_request(monkeypatch):
+def test_vllm_seeds_its_engine_and_no_request(monkeypatch, bases):
     """A per-request seed puts vLLM's sampler on its slower seeded path; the engine's seed covers every request."""
     calls = {}
 
@@ -26,7 +26,7 @@ def test_vllm_seeds_its_engine_and_no_request(monkeypatch):
     fake = types.ModuleType("vllm")
     fake.LLM, fake.SamplingParams = LLM, lambda **kwargs: kwargs
     monkeypatch.setitem(sys.modules, "vllm", fake)
-    generator = VLLMGenerator("model", GenerationSpec(), HardwareSpec(device="cuda"), seed=7)
+    generator = VLLMGenerator(bases["student"], GenerationSpec(), HardwareSpec(device="cuda"), seed=7)
     generator.generate([[{"role": "user", "content": "1+1"}]], SamplingSpec(max_new_tokens=4), n=2)
     assert calls["engine"]["seed"] == 7
     assert "seed" not in calls["request"] and calls["request"]["n"] == 2

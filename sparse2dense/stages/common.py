@@ -174,21 +174,15 @@ def vllm_args(profile, tokenizer=None, prompts=(), completion_length: int = 0) -
     its KV cache for the model's own context (40,960 tokens for Qwen3, 131,072 for Llama) inside its share.
     """
     from ..generation import resolve_backend
+    from ..models import longest_prompt
 
     g = profile.generation
-    use = resolve_backend(g, profile.hardware) == "vllm"
+    use = resolve_backend(g, profile.hardware, colocated=True) == "vllm"
     context = longest_prompt(tokenizer, prompts, profile.data.chat_template_kwargs) + completion_length \
         if use and tokenizer is not None and prompts else None
     return dict(use_vllm=use, vllm_mode="colocate", vllm_max_model_length=context,
                 vllm_gpu_memory_utilization=g.colocate_gpu_memory_utilization,
                 vllm_tensor_parallel_size=g.colocate_tensor_parallel_size, vllm_enable_sleep_mode=g.sleep_mode)
-
-
-def longest_prompt(tokenizer, prompts, chat_template_kwargs: dict | None = None) -> int:
-    """Tokens in the longest chat prompt, generation prompt included, as the trainers tokenize it."""
-    kwargs = chat_template_kwargs or {}
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **kwargs) for p in prompts]
-    return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def run_trainer(trainer, out: Path) -> tuple[list[dict], str | None]:

@@ -40,17 +40,20 @@ def evaluate(profile: Profile, spec: EvaluateSpec, benchmarks: list[BenchmarkSpe
     set_threads(profile.hardware)
     metrics: dict[str, float] = {}
     benchmarks_read: dict[str, dict] = {}
-    with stopwatch() as clock, open_generator(model_path, profile, seed) as generator:
-        for bench in benchmarks:
-            split = data.benchmark(bench, profile.data)
-            convs = [data.messages(r["problem"], profile.data) for r in split.rows]
-            samples = generator.generate(convs, spec, n=spec.samples)
+    splits = {bench.name: data.benchmark(bench, profile.data) for bench in benchmarks}
+    convs = {name: [data.messages(r["problem"], profile.data) for r in split.rows] for name, split in splits.items()}
+    with stopwatch() as clock, open_generator(model_path, profile, seed, [c for cs in convs.values() for c in cs],
+                                              spec.max_new_tokens) as generator:
+        for name, split in splits.items():
+            samples = generator.generate(convs[name], spec, n=spec.samples)
             scores, correct = score(samples, [r["answer"] for r in split.rows], spec.pass_at, profile.data.checker)
-            metrics.update({f"{bench.name}/{k}": v for k, v in scores.items()})
-            benchmarks_read[bench.name] = split.describe()
-            write_jsonl(out / f"samples-{bench.name}.jsonl", (
+            metrics.update({f"{name}/{k}": v for k, v in scores.items()})
+            benchmarks_read[name] = split.describe()
+            write_jsonl(out / f"samples-{name}.jsonl", (
                 {"id": r["id"], "prompt": c, "answer": r["answer"], "completions": [s.text for s in group],
                  "num_tokens": [s.num_tokens for s in group], "truncated": [s.truncated for s in group],
                  "correct": ok}
-                for r, c, group, ok in zip(split.rows, convs, samples, correct)))
-    return result(compute_s=clock["seconds"], metrics=metrics, samples=out) | {"benchmarks": benchmarks_read}
+                for r, c, group, ok in zip(split.rows, convs[name], samples, correct)))
+        backend = generator.describe()
+    return result(compute_s=clock["seconds"], metrics=metrics, samples=out) | {"benchmarks": benchmarks_read,
+                                                                              "generation": backend}

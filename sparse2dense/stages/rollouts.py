@@ -21,8 +21,9 @@ def rollouts(profile: Profile, spec: RolloutsSpec, teacher_path: str, split: Spl
     set_threads(profile.hardware)
     with stopwatch() as clock:
         convs = [data.messages(r["problem"], profile.data) for r in split.rows]
-        with open_generator(teacher_path, profile, seed) as generator:
+        with open_generator(teacher_path, profile, seed, convs, spec.max_new_tokens) as generator:
             samples = generator.generate(convs, spec, n=spec.samples_per_prompt)
+            backend = generator.describe()
         rows = [{"id": r["id"], "prompt": c, "prompt_ids": list(s.prompt_ids), "completion_ids": list(s.token_ids),
                  "completion": s.text, "num_tokens": s.num_tokens, "truncated": s.truncated}
                 for r, c, group in zip(split.rows, convs, samples) for s in group]
@@ -30,7 +31,7 @@ def rollouts(profile: Profile, spec: RolloutsSpec, teacher_path: str, split: Spl
         # Forward KL with soft targets needs the teacher that sampled these sequences.
         write_json(out / "meta.json", {"teacher": str(teacher_path), "split": split.describe()})
     tokens = sum(r["num_tokens"] for r in rows)
-    return result(compute_s=clock["seconds"], rollouts=out / "rollouts.jsonl",
-                  metrics={"rollouts": len(rows), "tokens_generated": tokens,
-                           "mean_response_tokens": tokens / max(len(rows), 1),
-                           "truncated_fraction": sum(r["truncated"] for r in rows) / max(len(rows), 1)})
+    metrics = {"rollouts": len(rows), "tokens_generated": tokens, "mean_response_tokens": tokens / max(len(rows), 1),
+               "truncated_fraction": sum(r["truncated"] for r in rows) / max(len(rows), 1)}
+    done = result(compute_s=clock["seconds"], rollouts=out / "rollouts.jsonl", metrics=metrics)
+    return done | {"generation": backend}
