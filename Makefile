@@ -70,7 +70,7 @@ hub-smoke: setup
 
 # hub-smoke with every rollout, evaluation and GRPO/OPD generation on vLLM's CPU build, in .venv-node.
 hub-smoke-vllm: setup node-runtime
-	$(BIN)/python -m sparse2dense.hub_smoke
+	$(BIN)/python -m sparse2dense.hub_smoke .hub-smoke-vllm --head-dim 32
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/s2d grid --profile hub-smoke-vllm
 
 plan: setup
@@ -107,4 +107,4 @@ serve: setup
 		$(BIN)/python -m flows.serve --runner $(RUNNER) $(if $(ADDRESS),--address $(ADDRESS))
 
 clean:
-	rm -rf artifacts mlflow.db mlruns .hub-smoke
+	rm -rf artifacts mlflow.db mlruns .hub-smoke .hub-smoke-vllm

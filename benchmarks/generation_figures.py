@@ -67,7 +67,7 @@ def vllm_figures(model: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stand-ins", type=Path, help="a built hub-smoke folder (default: build one, ~20 s)")
+    parser.add_argument("--stand-ins", type=Path, help="a built .hub-smoke-vllm folder (default: build one, ~20 s)")
     parser.add_argument("--node-python", type=Path, default=Path(".venv-node/bin/python"))
     parser.add_argument("--vllm-half", type=Path, help=argparse.SUPPRESS)  # the node runtime's part
     args = parser.parse_args()
@@ -76,7 +76,8 @@ def main() -> None:
         return
     from sparse2dense import hub_smoke
 
-    folder = args.stand_ins or hub_smoke.build(Path(tempfile.mkdtemp()) / "stand-ins", log=lambda _: None)
+    folder = args.stand_ins or hub_smoke.build(Path(tempfile.mkdtemp()) / "stand-ins", log=lambda _: None,
+                                                 head_dim=hub_smoke.VLLM_HEAD_DIM)
     model = (folder / "models" / "teacher").resolve()
     hf = transformers_figures(model)
     done = subprocess.run([str(args.node_python), __file__, "--vllm-half", str(model)], capture_output=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,8 +97,10 @@ class TransformersGenerator:
 class VLLMGenerator:
     """vLLM offline engine; tensor parallel across the GPUs the profile gives it. Close it to free the GPU.
 
-    The engine is seeded, not each request: a per-request seed puts vLLM's sampler on its slower path. So one
-    engine's second call draws on from where its first stopped; a node opens one engine and samples in one order.
+    Each request has a seed, drawn from the engine's: the engine's RNG alone gives samples that depend on how its
+    core happened to batch the requests (they reach its process one by one), so two runs of a node could differ.
+    The price is vLLM's native top-k/top-p sampler in place of FlashInfer's. A node samples in one order, so one
+    engine's second call draws on from where its first stopped.
     It stops on every end token the transformers backend stops on (the checkpoint's list and the tokenizer's).
     On a CPU, `gpu_memory_utilization` is the share of the machine's memory vLLM reserves, and the engine runs
     eagerly: compiling its graphs doubles a start-up (about 67 s against 33 s) that the toy nodes never win back.
@@ -113,15 +116,18 @@ class VLLMGenerator:
                        dtype="bfloat16" if hardware.precision == "bf16" else "float32", max_model_len=context,
                        enforce_eager=device_for(hardware) == "cpu")
         self.chat_template_kwargs = chat_template_kwargs or {}
+        self.seeds = random.Random(seed)
         tokenizer = load_tokenizer(path, trust_remote_code)
         self.end_ids = end_token_ids(GenerationConfig.from_pretrained(str(path)), tokenizer)
 
     def generate(self, conversations: list[list[dict]], sampling: SamplingSpec, n: int = 1):
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
-                                stop_token_ids=self.end_ids)
+        # vLLM seeds a request's i-th of n samples with seed + i: requests' seeds are 31-bit draws, apart.
+        params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
+                                 stop_token_ids=self.end_ids, seed=self.seeds.getrandbits(31))
+                  for _ in conversations]
         outputs = self.llm.chat(conversations, params, use_tqdm=False,
                                 chat_template_kwargs=self.chat_template_kwargs)
         return [[Sample(o.text, tuple(o.token_ids), tuple(out.prompt_token_ids), o.finish_reason == "length")

@@ -1,6 +1,7 @@
 """Local stand-ins for the paper's hub checkpoints and data files, for the `hub-smoke` profile.
 
-    python -m sparse2dense.hub_smoke [DIR]       # default DIR: .hub-smoke in the working directory
+    python -m sparse2dense.hub_smoke [DIR] [--head-dim N]   # default DIR: .hub-smoke in the working directory
+    python -m sparse2dense.hub_smoke .hub-smoke-vllm --head-dim 32   # the `hub-smoke-vllm` profile's
 
 writes, once (a complete DIR is left as it is; a build goes to a temporary folder renamed at the end):
 
@@ -22,6 +23,7 @@ all zero. Nothing here reaches the network.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -33,8 +35,8 @@ import uuid
 from pathlib import Path
 
 DEFAULT_DIR = ".hub-smoke"
-VERSION = 2  # bump when the files change: a DIR built by another version is rebuilt
-MARKER = "COMPLETE.json"  # written last: its presence (with this VERSION) means DIR is complete
+VERSION = 1  # bump when the files change: a DIR built by another version (or head size) is rebuilt
+MARKER = "COMPLETE.json"  # written last: its presence (with this VERSION and head size) means DIR is complete
 
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."  # the paper's
 IM_START, IM_END, END_OF_TEXT, THINK, END_THINK = "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"
@@ -43,14 +45,14 @@ MODEL_VOCAB = 512  # the models' vocabulary, padded past the tokenizer's as Qwen
                    # declares it)
 N_DAPO, DAPO_REPEATS = 320, 3
 PRETRAIN = {"teacher": {"steps": 200, "lr": 5e-3}, "student": {"steps": 150, "lr": 1e-2}}  # ~20 s on 2 cores
-# Teacher untied like Qwen3-8B, student tied like Qwen3-1.7B. head_dim 32: the smallest vLLM's CPU attention
-# takes (its GPU kernels take it too), so the same checkpoints run under either generation backend.
-ARCH = {
-    "teacher": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+ARCH = {  # teacher untied like Qwen3-8B, student tied like Qwen3-1.7B
+    "teacher": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                     intermediate_size=192, tie_word_embeddings=False),
-    "student": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+    "student": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                     intermediate_size=64, tie_word_embeddings=True),
 }
+HEAD_DIM = 16
+VLLM_HEAD_DIM = 32  # the smallest head size vLLM's CPU attention takes (16 fails: "Unsupported CPU attention")
 
 # Qwen3's template, tools left out: ChatML turns; an assistant turn after the last user turn shows its
 # reasoning in <think></think>; enable_thinking=false puts an empty think block after the generation prompt.
@@ -243,13 +245,13 @@ def _corpus(sets: dict[str, list[dict]]) -> list[str]:
 # --- models ---------------------------------------------------------------------------------
 
 
-def _model(role: str, tokenizer, vocab: int, seed: int):
+def _model(role: str, tokenizer, vocab: int, seed: int, head_dim: int):
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config
 
     end_of_text, im_end = tokenizer.convert_tokens_to_ids([END_OF_TEXT, IM_END])
-    config = Qwen3Config(vocab_size=vocab, **ARCH[role], max_position_embeddings=40960, rope_theta=1_000_000.0,
-                         bos_token_id=end_of_text, eos_token_id=im_end, pad_token_id=None)
+    config = Qwen3Config(vocab_size=vocab, **ARCH[role], head_dim=head_dim, max_position_embeddings=40960,
+                         rope_theta=1_000_000.0, bos_token_id=end_of_text, eos_token_id=im_end, pad_token_id=None)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(  # Qwen3's: two end tokens, sampling by default
@@ -302,39 +304,40 @@ def _pretrain(model, tokenizer, rows: list[dict], steps: int, lr: float, seed: i
 # --- the whole folder -----------------------------------------------------------------------
 
 
-def is_complete(folder: Path) -> bool:
+def is_complete(folder: Path, head_dim: int = HEAD_DIM) -> bool:
     try:
-        return json.loads((Path(folder) / MARKER).read_text()).get("version") == VERSION
+        marker = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
         return False
+    return marker.get("version") == VERSION and marker.get("head_dim", HEAD_DIM) == head_dim
 
 
-def build(folder: str | Path = DEFAULT_DIR, log=print) -> Path:
-    """Build `folder` unless it is complete already; returns its absolute path."""
+def build(folder: str | Path = DEFAULT_DIR, log=print, head_dim: int = HEAD_DIM) -> Path:
+    """Build `folder` unless it is complete already (at this head size); returns its absolute path."""
     folder = Path(folder).expanduser().resolve()
-    if is_complete(folder):
+    if is_complete(folder, head_dim):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        summary = _build_into(tmp, log)
-        (tmp / MARKER).write_text(json.dumps({"version": VERSION, **summary}, indent=2))
+        summary = _build_into(tmp, log, head_dim)
+        (tmp / MARKER).write_text(json.dumps({"version": VERSION, "head_dim": head_dim, **summary}, indent=2))
         if folder.exists():
-            if is_complete(folder):  # another build finished meanwhile
+            if is_complete(folder, head_dim):  # another build finished meanwhile
                 return folder
             shutil.rmtree(folder)  # an older version's, or a partial copy from before this builder
         try:
             os.rename(tmp, folder)
         except OSError:
-            if not is_complete(folder):  # else another build renamed its copy into place first
+            if not is_complete(folder, head_dim):  # else another build renamed its copy into place first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
-def _build_into(tmp: Path, log) -> dict:
+def _build_into(tmp: Path, log, head_dim: int) -> dict:
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -351,7 +354,7 @@ def _build_into(tmp: Path, log) -> dict:
             raise RuntimeError(f"the tokenizer has {len(tokenizer)} tokens, more than MODEL_VOCAB ({MODEL_VOCAB})")
         summary = {"tokenizer_size": len(tokenizer), "model_vocab_size": MODEL_VOCAB, "models": {}}
         for seed, role in enumerate(("teacher", "student")):
-            model = _model(role, tokenizer, MODEL_VOCAB, seed)
+            model = _model(role, tokenizer, MODEL_VOCAB, seed, head_dim)
             loss = _pretrain(model, tokenizer, sets["dapo"], PRETRAIN[role]["steps"], PRETRAIN[role]["lr"], seed)
             model.to(torch.bfloat16).save_pretrained(tmp / "models" / role)  # Qwen3 ships bf16 weights
             _save_tokenizer(tokenizer, tmp / "models" / role)
@@ -377,15 +380,16 @@ def offline_env(work: Path, base: dict | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) > 1 or (argv and argv[0].startswith("-")):
-        print("usage: python -m sparse2dense.hub_smoke [DIR]   (default DIR: .hub-smoke)", file=sys.stderr)
-        return 2
-    folder = Path(argv[0] if argv else DEFAULT_DIR)
-    if is_complete(folder):
+    parser = argparse.ArgumentParser(prog="python -m sparse2dense.hub_smoke", description="the hub stand-ins")
+    parser.add_argument("dir", nargs="?", default=DEFAULT_DIR, help=f"where to build them (default {DEFAULT_DIR})")
+    parser.add_argument("--head-dim", type=int, default=HEAD_DIM,
+                        help=f"the models' head size ({VLLM_HEAD_DIM} for vLLM's CPU attention; default {HEAD_DIM})")
+    args = parser.parse_args(argv)
+    folder = Path(args.dir)
+    if is_complete(folder, args.head_dim):
         print(f"hub-smoke: {folder} is complete")
         return 0
-    print(f"hub-smoke: {build(folder)} ready")
+    print(f"hub-smoke: {build(folder, head_dim=args.head_dim)} ready")
     return 0
 
 
