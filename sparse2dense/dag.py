@@ -79,10 +79,10 @@ def _context(profile: Profile) -> dict:
 
 
 def _sampler(profile: Profile, kind: str) -> dict:
-    """A node that samples depends on the backend it samples with (vLLM and transformers draw differently)."""
-    if kind == "forward_kl":
-        return {}
-    return {"sampler": generation_backend(profile, colocated=kind in ("grpo", "replay", "opd"))}
+    """A node that samples depends on the backend it samples with (vLLM and transformers draw differently).
+    transformers, the backend of every key before vLLM ran, stays out of the key: those nodes keep theirs."""
+    backend = generation_backend(profile, colocated=kind in ("grpo", "replay", "opd"))
+    return {} if kind == "forward_kl" or backend == "transformers" else {"sampler": backend}
 
 
 def _split(profile: Profile, name: str) -> dict:

@@ -178,16 +178,16 @@ def test_seed_scope_all_on_hub_models_is_refused():
 
 def test_the_backend_a_node_samples_with_is_in_its_key():
     """vLLM and transformers draw different samples from one seed: a node that samples keys its backend."""
-    hf = load_profile("hub-smoke")
     vllm = load_profile("hub-smoke-vllm")  # vLLM for rollouts and evaluation, transformers in GRPO and OPD
+    hf = load_profile("hub-smoke-vllm", {"generation.backend": "transformers"})
     assert not _keys(hf, "evaluate")[0] & _keys(vllm, "evaluate")[0]
     # GRPO on a base model samples as in hub-smoke (the node runtime is no input); after vLLM's rollouts, not.
     assert len(_keys(hf, "grpo")[0] & _keys(vllm, "grpo")[0]) == 2 and _keys(hf, "grpo")[0] != _keys(vllm, "grpo")[0]
     assert not _keys(hf, "forward_kl")[0] & _keys(vllm, "forward_kl")[0]  # it trains on vLLM's rollouts
     _, plan = _keys(vllm, "opd")
-    assert {n.params["sampler"] for n in plan.nodes.values() if n.kind in ("opd", "grpo")} == {"transformers"}
     assert {n.params["sampler"] for n in plan.nodes.values() if n.kind in ("rollouts", "evaluate")} == {"vllm"}
-    assert all("sampler" not in n.params for n in plan.nodes.values() if n.kind in ("forward_kl", "base"))
+    # transformers is left out of keys, so every node computed before vLLM ran keeps its key.
+    assert all("sampler" not in n.params for n in plan.nodes.values() if n.kind not in ("rollouts", "evaluate"))
 
 
 def test_vllm_on_a_cpu_has_no_sleep_mode():
