@@ -111,7 +111,7 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
         # refresh_cache: the node folders are the source of truth, not a Prefect record of a deleted folder.
         submit = tasks[node.kind].with_options(refresh_cache=True).submit
         inputs = {role: results[parent.key] for role, parent in node.inputs}
-        with node_resources(prof.resources.of(node.kind, node.params.get("settings"))):
+        with node_resources(prof.resources.of_node(node)):
             results[key] = submit(node, inputs, shared, dag.node_tags(plan, key))
 
     try:

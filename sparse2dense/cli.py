@@ -73,7 +73,7 @@ def cmd_sync(args) -> int:
     from .tracking import Tracker
 
     plan = _plan(args)
-    problems = preflight._tracking()
+    problems = preflight.tracking_problems()
     if problems:
         print("\n".join(f"s2d sync: {p}" for p in problems), file=sys.stderr)
         return 2
@@ -98,9 +98,15 @@ def cmd_grid(args) -> int:
     from . import preflight
 
     plan = _plan(args)  # validate the whole configuration before Prefect starts anything
+    root = artifacts_root(args.artifacts)
+    if not args.refresh and dag.all_done(plan, root):  # neither Prefect nor torch for a grid with nothing to do
+        print(f"s2d grid: {len(plan.nodes)} nodes: 0 to compute, {len(plan.nodes)} done; nothing to run, so Prefect "
+              "is not started. The comparison, from disk:", file=sys.stderr)
+        print(comparison.markdown(comparison.rows(plan, root)))
+        return 0
     # A gang on the local runner is refused first: no other check could make it run.
     problems = (preflight.local_gangs(plan) if args.runner == "local" else []) or \
-        preflight.problems(plan, artifacts_root(args.artifacts))
+        preflight.problems(plan, root)
     # A busy laptop can take longer than Prefect's default 20 s to start its temporary server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if problems:
@@ -113,7 +119,7 @@ def cmd_grid(args) -> int:
     if args.runner == "ray":
         from flows.runners import ray_problems
 
-        problems = ray_problems(plan.profile, artifacts_root(args.artifacts), args.address)
+        problems = ray_problems(plan.profile, root, args.address)
         if problems:
             print("\n".join(f"s2d grid: {p}" for p in problems), file=sys.stderr)
             return 2
@@ -123,13 +129,13 @@ def cmd_grid(args) -> int:
         grid(profile=args.profile, grid=args.grid, arms=args.arms, seeds=args.seeds,
              labeled_budget=args.labeled_budget, refresh=args.refresh or [], artifacts=args.artifacts)
     except GridFailed as err:
-        print(comparison.markdown(comparison.rows(plan, artifacts_root(args.artifacts))))
+        print(comparison.markdown(comparison.rows(plan, root)))
         print(f"s2d grid: {err}", file=sys.stderr)
         return 1
     except BaseException as stopped:  # Prefect raises SIGTERM as a TerminationSignal inside the flow
         stopping.stopped_by(stopped)
         raise
-    print(comparison.markdown(comparison.rows(plan, artifacts_root(args.artifacts))))
+    print(comparison.markdown(comparison.rows(plan, root)))
     return 0
 
 

@@ -443,6 +443,10 @@ class ResourcesSpec(Strict):
             raise ValueError(f"resources.{settings or kind}: {problem}")
         return resources
 
+    def of_node(self, node) -> ResourceSpec:
+        """The resources of a planned node (a dag.Node or NodeSpec): its kind, and the GRPO section it uses."""
+        return self.of(node.kind, node.params.get("settings"))
+
 
 class Profile(Strict):
     """Everything one experiment needs, except which arms to run (the grid)."""

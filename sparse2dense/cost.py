@@ -29,9 +29,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ModelSpec, Profile, generation_backend, is_local, on_gpu
-from .dag import Node, Plan, read_manifest
-from .report import _family
+from .config import TRAINING_KINDS, ModelSpec, Profile, generation_backend, is_local, on_gpu
+from .dag import Node, Plan, family, read_manifest
 
 GIB = 2**30
 COMPLETION_FILL = 0.3  # completions average 30% of their length limit: Qwen3 non-thinking math answers
@@ -44,7 +43,6 @@ BENCHMARK_PROBLEMS = {"math500": 500, "aime24": 30, "aime25": 30, "toy": 600}  #
 TOY_SOLUTION_TOKENS = 32  # a toy worked solution: a few "47+3=50" steps and \boxed{N}
 TOY_VOCAB = 103  # len(models.build_toy_tokenizer()): 6 specials + 97 printable characters (checked in tests)
 OVERHEAD_GIB = 1.0  # CUDA context and allocator slack of a process that is not vLLM (vLLM's share includes its own)
-TRAINING_KINDS = ("base", "grpo", "replay", "forward_kl", "opd")
 
 
 # --- model sizes ------------------------------------------------------------------------
@@ -156,7 +154,7 @@ def devices(profile: Profile, node: Node) -> tuple[int, int]:
     """(GPUs the node reserves, GPUs that compute). Reserved but idle GPUs are paid for too."""
     if not on_gpu(profile):
         return 0, 0
-    res = profile.resources.of(node.kind, node.params.get("settings"))
+    res = profile.resources.of_node(node)
     if node.kind in TRAINING_KINDS:
         launched = res.launch == "accelerate"
         active = res.world_size if launched else 1
@@ -182,8 +180,7 @@ class Tokens:
         if own is not None:
             self.used.add(f"{node.kind} {node.name}{' ' + bench if bench else ''} (its own run)")
             return own
-        family = _family(node.input_map["model"])
-        for fam in (family, None):
+        for fam in (family(node.input_map["model"]), None):
             values = [v for (kind, f), per in self.by_kind.items() if kind == node.kind and fam in (None, f)
                       for v in per.get(bench, [])]
             if values:
@@ -206,7 +203,7 @@ def measured_tokens(plan: Plan, root: Path | None) -> Tokens:
             means = {b["name"]: metrics.get(f"{b['name']}/mean_response_tokens") for b in node.params["benchmarks"]}
         means = {b: float(v) for b, v in means.items() if v is not None}
         tokens.by_key[node.key] = means
-        per = tokens.by_kind.setdefault((node.kind, _family(node.input_map["model"])), {})
+        per = tokens.by_kind.setdefault((node.kind, family(node.input_map["model"])), {})
         for bench, value in means.items():
             per.setdefault(bench, []).append(value)
     return tokens
@@ -281,7 +278,7 @@ class _Ctx:
 
     def arch(self, node: Node) -> Arch | None:
         """The architecture of a model node: its base model's (training never changes the shape)."""
-        return self.archs[_family(node)]
+        return self.archs[family(node)]
 
     @property
     def compute_bytes(self) -> int:
@@ -374,7 +371,7 @@ def _grpo(ctx: _Ctx, node: Node):
     p = arch.matmul_params
     scoring = (spec["steps_per_generation"] > 1) + (spec["beta"] > 0)  # old log-probs; the reference model
     passes = (_train_factor(ctx) + 2 * scoring) * p * completions * (prompt + padded(mean, limit, spec["micro_batch"]))
-    res = ctx.profile.resources.of(node.kind, node.params.get("settings"))
+    res = ctx.profile.resources.of_node(node)
     longest = prompt + limit
     batch = spec["prompts_per_step"] * spec["num_generations"] * spec["steps_per_generation"]  # one generation
     memory = _training_memory(ctx, res, arch, [arch] if spec["beta"] > 0 else [], spec["micro_batch"] * longest,

@@ -236,6 +236,14 @@ def node_tags(plan: Plan, key: str) -> dict[str, str]:
     return {"s2d.arm": ",".join(plan.arms_of[key]), "s2d.seed": seed}
 
 
+def family(node: Node) -> str:
+    """Which base model a model node descends from: the model that received the labels."""
+    if node.kind == "base":
+        return node.params["role"]
+    inputs = node.input_map
+    return family(inputs.get("student") or inputs["model"])
+
+
 def lineage(node: Node) -> list[Node]:
     """The node and everything upstream of it, inputs first."""
     order: list[Node] = []
@@ -270,10 +278,10 @@ def read_manifest(root: Path, node: Node) -> dict | None:
     return manifest if manifest.get("status") == "completed" else None
 
 
-def verified_manifest(root: Path, node: Node) -> dict | None:
+def verified_manifest(root: Path, node: Node, warn: bool = True) -> dict | None:
     """The manifest, if every file it lists is still what was written: same size and mtime, or else same sha256.
 
-    A changed or missing file is named in a warning and the node counts as not computed.
+    A changed or missing file is named in a warning (unless `warn` is off) and the node counts as not computed.
     """
     manifest = read_manifest(root, node)
     if manifest is None:
@@ -281,6 +289,8 @@ def verified_manifest(root: Path, node: Node) -> dict | None:
     folder = node_dir(root, node)
     for rel, expected in manifest.get("files", {}).items():
         problem = _file_problem(folder / rel, expected)
+        if problem and not warn:
+            return None
         if problem:
             log.warning("%s %s [%s]: %s %s; the node and everything after it will be recomputed",
                         node.kind, node.name, node.key, folder / rel, problem)
@@ -313,6 +323,15 @@ def code_fingerprint() -> str:
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def all_done(plan: Plan, root: Path) -> bool:
+    """Every node of `plan` computed, intact and logged to MLflow: a grid would have nothing to do."""
+    for node in plan.nodes.values():
+        manifest = verified_manifest(root, node, warn=False)
+        if manifest is None or not manifest.get("tracked", True):
+            return False
+    return True
 
 
 def status(root: Path, node: Node) -> str:

@@ -51,6 +51,7 @@ ARCH = {  # teacher untied like Qwen3-8B, student tied like Qwen3-1.7B
     "student": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                     intermediate_size=64, tie_word_embeddings=True),
 }
+BUILT_BY = {DEFAULT_DIR: "make hub-smoke", ".hub-smoke-vllm": "make hub-smoke-vllm"}  # the profiles' folders
 HEAD_DIM = 16
 VLLM_HEAD_DIM = 32  # the smallest head size vLLM's CPU attention takes (16 fails: "Unsupported CPU attention")
 

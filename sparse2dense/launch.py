@@ -49,7 +49,10 @@ def run_launched(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root
     if resources.machines > 1 and _in_ray_worker():
         from .ray_gang import run_gang
 
-        codes, tail = run_gang(resources, spec_path, on_line)
+        def machine(rank: int, port: int, main_ip: str) -> list[str]:
+            return accelerate_command(resources, spec_path, rank, port, main_ip)
+
+        codes, tail = run_gang(resources, machine, on_line)
     else:
         codes, tail = _run_here(launch_commands(resources, spec_path), resources.timeout_s, on_line)
     if codes is None:

@@ -18,8 +18,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .config import BASE_MODELS, Profile, is_local
-from .dag import Plan, read_manifest
+from .config import BASE_MODELS, TRAINING_KINDS, Profile, is_local
+from .dag import Plan, family, read_manifest
 from .locations import tracking_uri
 
 GIB = 2**30
@@ -31,10 +31,9 @@ def problems(plan: Plan, root: Path) -> list[str]:
     """Everything that would stop `plan` from running, one line each (empty when it can start)."""
     profile = plan.profile
     found = _artifact_root(root)
-    found += _tracking()
+    found += tracking_problems()
     found += _runtimes(plan)
-    found += _models(profile)
-    found += _data(profile)
+    found += _stand_ins(profile) or _models(profile) + _data(profile)
     if not found:
         found += _pools(plan)
     if not found:
@@ -46,7 +45,7 @@ def local_gangs(plan: Plan) -> list[str]:
     """Nodes that span machines cannot run under the local runner, which starts every rank on this host."""
     spans = {}
     for node in plan.nodes.values():
-        r = plan.profile.resources.of(node.kind, node.params.get("settings"))
+        r = plan.profile.resources.of_node(node)
         if r.machines > 1:
             spans[f"{node.kind} {node.name}"] = f"{r.machines} machines x {r.gpus or r.processes} GPUs"
     if not spans:
@@ -65,7 +64,7 @@ def _runtimes(plan: Plan) -> list[str]:
     the stages' packages in another environment, vLLM (its GPU or CPU build) wherever a node samples with it."""
     needs: dict[str, set[str]] = {}
     for node in plan.nodes.values():
-        r = plan.profile.resources.of(node.kind, node.params.get("settings"))
+        r = plan.profile.resources.of_node(node)
         modules = _stage_modules(r) if r.python else set()
         modules |= {"vllm"} if node.kind in GENERATING and _asks_vllm(plan.profile.generation, node.kind) else set()
         if modules:
@@ -86,8 +85,9 @@ def _stage_modules(r) -> set[str]:
 
 def _runtime(python: str, modules: list[str]) -> list[str]:
     if not shutil.which(python):
-        return [f"resources: the node runtime {python} does not exist or is not executable: build it (the stage "
-                "packages, then `pip install --no-deps -e .`) or drop `python` to run nodes in the grid's environment"]
+        return [f"resources: the node runtime {python} does not exist or is not executable: build it (`make "
+                "node-runtime` builds ./.venv-node; elsewhere, the stage packages, then `pip install --no-deps -e .`) "
+                "or drop `python` to run nodes in the grid's environment"]
     probe = ("import importlib.util, json, sys; "
              "print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]))")
     try:
@@ -111,7 +111,7 @@ def _artifact_root(root: Path) -> list[str]:
     return []
 
 
-def _tracking() -> list[str]:
+def tracking_problems() -> list[str]:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         try:
@@ -127,6 +127,20 @@ def _tracking() -> list[str]:
         folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             return [f"MLFLOW_TRACKING_URI {uri}: the folder {folder} does not exist or is not writable"]
+    return []
+
+
+def _stand_ins(profile: Profile) -> list[str]:
+    """The hub-smoke profiles before their stand-ins are built: one line that says how, not one per path."""
+    from .hub_smoke import BUILT_BY
+
+    d = profile.data
+    paths = [m.name for m in (profile.models.teacher, profile.models.student) if m.source == "hub" and is_local(m.name)]
+    paths += [d.train_path, *(b.path for b in d.benchmarks)] if d.source == "hub" else []
+    for folder in {parent for path in paths if path for parent in Path(path).expanduser().parents}:
+        if folder.name in BUILT_BY and not folder.exists():
+            return [f"{folder} does not exist: this profile's models and data are local stand-ins for the hub's, "
+                    f"which `{BUILT_BY[folder.name]}` builds there"]
     return []
 
 
@@ -250,7 +264,7 @@ def _hub_dataset_reachable(name: str) -> bool:
 
 def _disk(plan: Plan, root: Path) -> list[str]:
     """Room for the pending training nodes' models, and for the largest one's checkpoint while it trains."""
-    from .cost import TRAINING_KINDS, arch_of
+    from .cost import arch_of
 
     params = {}
     for role in BASE_MODELS:
@@ -258,7 +272,7 @@ def _disk(plan: Plan, root: Path) -> list[str]:
         params[role] = arch.params if arch else 0
     pending = [n for n in plan.nodes.values() if n.kind in TRAINING_KINDS and read_manifest(root, n) is None
                and not (n.kind == "base" and getattr(plan.profile.models, n.params["role"]).source == "hub")]
-    sizes = [params[_family(n)] for n in pending]
+    sizes = [params[family(n)] for n in pending]
     needed = MODEL_BYTES_PER_PARAM * sum(sizes) + 2 * CHECKPOINT_BYTES_PER_PARAM * max(sizes, default=0)
     free = shutil.disk_usage(root).free
     if needed > free:
@@ -266,9 +280,3 @@ def _disk(plan: Plan, root: Path) -> list[str]:
                 f"need about {needed / GIB:.1f} GiB (their models, and two checkpoints of the largest while it "
                 "trains): free some space or choose another root with --artifacts"]
     return []
-
-
-def _family(node) -> str:
-    from .report import _family as family
-
-    return family(node)

@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 from collections import deque
-from pathlib import Path
+from collections.abc import Callable
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -43,10 +43,10 @@ def _machine(command: list[str]) -> tuple[int, list[str]]:
     return proc.wait(), list(tail)
 
 
-def run_gang(resources: ResourceSpec, spec_path: Path, on_line) -> tuple[list[int] | None, list[str]]:
-    """(exit codes, or None after a timeout; the last lines of the machines that failed)."""
-    from .launch import accelerate_command
-
+def run_gang(resources: ResourceSpec, command: Callable[[int, int, str], list[str]],
+             on_line) -> tuple[list[int] | None, list[str]]:
+    """(exit codes, or None after a timeout; the last lines of the machines that failed). `command(machine_rank,
+    port, main_ip)` is one machine's launch: the rendezvous is only known once the gang is placed."""
     bundle = {"CPU": 1, **({"GPU": resources.gpus} if resources.gpus else {})}
     group = placement_group([bundle] * resources.machines, strategy="STRICT_SPREAD")
     try:
@@ -56,7 +56,7 @@ def run_gang(resources: ResourceSpec, spec_path: Path, on_line) -> tuple[list[in
         main_ip, port = ray.get(_rendezvous.options(scheduling_strategy=at[0]).remote())
         on_line(f"gang of {resources.machines} machines, rendezvous {main_ip}:{port}")
         runs = [_machine.options(scheduling_strategy=at[i], num_gpus=resources.gpus).remote(
-                    accelerate_command(resources, spec_path, i, port, main_ip))
+                    command(i, port, main_ip))
                 for i in range(resources.machines)]
         return _wait(runs, resources.timeout_s)
     finally:

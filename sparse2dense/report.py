@@ -7,20 +7,13 @@ teacher's GRPO too, which is the point of the paper's accounting.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 from pathlib import Path
 
-from .dag import Node, Plan, lineage, read_manifest
-
-
-def _family(node: Node) -> str:
-    """Which base model a model node descends from: the model that received the labels."""
-    if node.kind == "base":
-        return node.params["role"]
-    inputs = node.input_map
-    return _family(inputs.get("student") or inputs["model"])
+from .dag import Plan, canonical, family, lineage, read_manifest
 
 
 def rows(plan: Plan, root: Path) -> list[dict]:
@@ -34,7 +27,7 @@ def rows(plan: Plan, root: Path) -> list[dict]:
         record = {
             "arm": row.arm, "seed": row.seed, "budget": row.budget, "status": "completed" if evaluation else "missing",
             "labels_used": sum(m["labels_used"] for _, m in spent),
-            "labels_on": ", ".join(f"{m['labels_used']} {m['labels_on']} on {_family(n)}" for n, m in spent) or "none",
+            "labels_on": ", ".join(f"{m['labels_used']} {m['labels_on']} on {family(n)}" for n, m in spent) or "none",
             "compute_s": round(sum(m["compute_s"] for m in manifests.values() if m), 1),
             "model_key": row.model.key, "eval_key": row.evaluation.key,
         }
@@ -184,3 +177,16 @@ def write(table: list[dict], folder: Path) -> dict[str, Path]:
     files["json"].write_text(json.dumps(table, indent=2))
     chart(table, files["png"])
     return files
+
+
+def write_report(plan: Plan, root: Path) -> dict:
+    """The comparison of what `plan` has computed, written to `root`/report/<key of its rows>."""
+    table = rows(plan, root)
+    key = report_key(table)
+    files = write(table, root / "report" / key)
+    return {"key": key, "rows": table, "files": {k: str(v) for k, v in files.items()}, "markdown": markdown(table)}
+
+
+def report_key(table: list[dict]) -> str:
+    rows = [(r["arm"], r["seed"], r["budget"], r["eval_key"], r["status"]) for r in table]
+    return hashlib.sha256(canonical(rows).encode()).hexdigest()[:16]

@@ -9,7 +9,6 @@ in their own process group (see `sparse2dense.launch`).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -17,11 +16,11 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.transactions import IsolationLevel
 
 from sparse2dense import report as comparison
-from sparse2dense.dag import Node, Plan, canonical, read_manifest
+from sparse2dense.config import NODE_KINDS
+from sparse2dense.dag import Node, read_manifest
 from sparse2dense.leases import LeaseLockManager
 from sparse2dense.runner import NodeTimeout
 
-KINDS = ("base", "grpo", "replay", "rollouts", "forward_kl", "opd", "evaluate")
 RETRIES = 2
 
 
@@ -38,7 +37,7 @@ def _run(node: Node, inputs: dict[str, dict], run: dict, tags: dict[str, str]) -
         return done  # computed meanwhile, e.g. by another grid on the same root
     profile = run["profile"]
     tracking = {**run["tracking"], "tags": {**run["tracking"]["tags"], **tags}}
-    resources = profile.resources.of(node.kind, node.params.get("settings"))
+    resources = profile.resources.of_node(node)
     if resources.launch == "inline":
         from sparse2dense.runner import run_node
         from sparse2dense.tracking import Tracker
@@ -76,7 +75,7 @@ def node_tasks(root: Path) -> dict:
         kind: task(_run, name=kind, retries=RETRIES, retry_delay_seconds=1, persist_result=True,
                    retry_condition_fn=_retry_unless_timed_out, result_storage=storage, cache_policy=_policy(root),
                    task_run_name=_run_name)
-        for kind in KINDS
+        for kind in NODE_KINDS
     }
 
 
@@ -87,17 +86,4 @@ def _run_name() -> str:
     return f"{node.kind}:{node.name}[{node.key[:8]}]"
 
 
-def _write_report(plan: Plan, root: Path) -> dict:
-    table = comparison.rows(plan, root)
-    key = _report_key(table)
-    files = comparison.write(table, root / "report" / key)
-    return {"key": key, "rows": table, "files": {k: str(v) for k, v in files.items()},
-            "markdown": comparison.markdown(table)}
-
-
-def _report_key(table: list[dict]) -> str:
-    rows = [(r["arm"], r["seed"], r["budget"], r["eval_key"], r["status"]) for r in table]
-    return hashlib.sha256(canonical(rows).encode()).hexdigest()[:16]
-
-
-report_task = task(_write_report, name="report", persist_result=False)
+report_task = task(comparison.write_report, name="report", persist_result=False)

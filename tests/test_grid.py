@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,22 @@ def test_rerun_computes_nothing(env, first):
     assert len(node_runs()) == before
     plan = smoke_plan()
     assert {dag.status(env, n) for n in plan.nodes.values()} == {"cached"}
+
+
+def test_a_grid_with_nothing_to_do_prints_the_report_without_prefect_or_torch(env, first):
+    """`s2d grid` on the finished grid reads the report from disk; it and `s2d plan` import no heavy library."""
+    code = ("import sys; from sparse2dense import cli; code = cli.main(sys.argv[1:]); "
+            "print('IMPORTED', [m for m in ('torch', 'transformers', 'trl', 'prefect') if m in sys.modules]); "
+            "sys.exit(code)")
+    before = len(node_runs())
+    grid, plan = (subprocess.run([sys.executable, "-c", code, command, "--profile", "smoke"], capture_output=True,
+                                 text=True, timeout=120) for command in ("grid", "plan"))
+    for done in (grid, plan):
+        assert done.returncode == 0 and "IMPORTED []" in done.stdout, done.stdout[-1000:] + done.stderr[-2000:]
+    nodes = len(smoke_plan().nodes)
+    assert f"{nodes} nodes: 0 to compute, {nodes} done; nothing to run, so Prefect is not started" in grid.stderr
+    assert all(f"| {arm} |" in grid.stdout for arm in load_grid("allocation").arms)
+    assert len(node_runs()) == before
 
 
 def test_adding_a_seed_computes_only_that_seed(env, first):

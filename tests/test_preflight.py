@@ -119,3 +119,13 @@ def test_a_node_runtime_is_checked_before_compute_one_line_each(tmp_path):
 def test_a_node_runtime_on_a_node_that_is_not_launched_is_refused():
     with pytest.raises(ValueError, match="python \\(a node runtime\\) needs launch: process or accelerate"):
         load_profile("smoke", {"resources.evaluate": {"python": "/usr/bin/python3"}})
+
+
+@pytest.mark.parametrize("profile, command", [("hub-smoke", "make hub-smoke"),
+                                              ("hub-smoke-vllm", "make hub-smoke-vllm")])
+def test_stand_ins_not_yet_built_are_one_line_that_says_how(tmp_path, monkeypatch, profile, command):
+    monkeypatch.chdir(tmp_path)
+    plan = dag.plan(load_profile(profile), load_grid("allocation"), ["teacher-base"])
+    found = [line for line in preflight.problems(plan, tmp_path / "artifacts") if "node runtime" not in line]
+    assert found == [f"{tmp_path / ('.' + profile)} does not exist: this profile's models and data are local stand-ins "
+                     f"for the hub's, which `{command}` builds there"]

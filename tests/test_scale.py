@@ -14,11 +14,10 @@ import pytest
 import yaml
 
 from sparse2dense import dag, launch
-from sparse2dense.config import load_grid, load_profile
+from sparse2dense.config import NODE_KINDS, TRAINING_KINDS, load_grid, load_profile
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
-TRAINING = ("base", "grpo", "replay", "forward_kl", "opd")
 # On Ray: two training nodes that can run side by side (the GRPOs) and a forward KL that fails once.
 RAY_ARMS = ["teacher-grpo", "direct-grpo", "fkl-only"]
 
@@ -48,9 +47,9 @@ def ddp(tmp_path_factory):
 def test_smoke_ddp_trains_every_node_on_two_processes(ddp):
     root, env = ddp
     found = manifests(root / "artifacts")
-    assert {m["kind"] for m in found} == {*TRAINING, "rollouts", "evaluate"}
+    assert {m["kind"] for m in found} == set(NODE_KINDS)
     for m in found:
-        assert m["world_size"] == (2 if m["kind"] in TRAINING else 1), (m["kind"], m["name"])
+        assert m["world_size"] == (2 if m["kind"] in TRAINING_KINDS else 1), (m["kind"], m["name"])
         assert m["status"] == "completed" and m["tracked"]
     report = json.loads(s2d("report", "--profile", "smoke-ddp", "--arms", "bridge+replay", "--format", "json",
                             env=env).stdout)
@@ -126,7 +125,7 @@ def test_the_grid_on_ray_spreads_nodes_over_logical_gpus(ray_grid):
     found = {m["name"]: m for m in manifests(root)}
     assert len(found) == result["nodes"] == result["computed"] == 9  # every node of the arms, once
     assert all(m["status"] == "completed" for m in found.values())
-    training = [m for m in found.values() if m["kind"] in TRAINING]
+    training = [m for m in found.values() if m["kind"] in TRAINING_KINDS]
     assert {m["devices"] for m in training} <= {"0", "1"} and all(m["devices"] for m in training)
     # Independent nodes ran side by side, each on its own GPU.
     spans = [(m, _t(m["started_at"]), _t(m["finished_at"])) for m in training]
