@@ -11,25 +11,33 @@ from sparse2dense.generation import TransformersGenerator, VLLMGenerator
 from sparse2dense.models import load_model, load_tokenizer
 
 
-def test_vllm_seeds_its_engine_and_no_request(monkeypatch, bases):
-    """A per-request seed puts vLLM's sampler on its slower seeded path; the engine's seed covers every request."""
-    calls = {}
+def test_vllm_seeds_each_request_from_the_engines_seed(monkeypatch, bases):
+    """How vLLM's core batches requests decides which draws an engine seed gives each: every request carries a
+    seed of its own, drawn in order from the node's (tests/test_vllm.py checks the samples on vLLM itself)."""
+    calls = []
 
     class LLM:
         def __init__(self, **kwargs):
-            calls["engine"] = kwargs
+            calls.append(kwargs)
 
         def chat(self, conversations, params, **kwargs):
-            calls["request"] = params
+            calls.append(params)
             return []
 
     fake = types.ModuleType("vllm")
     fake.LLM, fake.SamplingParams = LLM, lambda **kwargs: kwargs
     monkeypatch.setitem(sys.modules, "vllm", fake)
-    generator = VLLMGenerator(bases["student"], GenerationSpec(), HardwareSpec(device="cuda"), seed=7)
-    generator.generate([[{"role": "user", "content": "1+1"}]], SamplingSpec(max_new_tokens=4), n=2)
-    assert calls["engine"]["seed"] == 7
-    assert "seed" not in calls["request"] and calls["request"]["n"] == 2
+
+    def seeds(seed: int) -> list[int]:
+        generator = VLLMGenerator(bases["student"], GenerationSpec(), HardwareSpec(device="cuda"), seed=seed)
+        generator.generate([[{"role": "user", "content": f"{i}+1"}] for i in range(3)], SamplingSpec(max_new_tokens=4),
+                           n=2)
+        engine, requests = calls[-2:]
+        assert engine["seed"] == seed and [r["n"] for r in requests] == [2, 2, 2]
+        return [r["seed"] for r in requests]
+
+    assert seeds(7) == seeds(7) != seeds(8)
+    assert len(set(seeds(7))) == 3
 
 
 def test_transformers_generator_draws_the_same_samples_from_the_same_seed(bases):
