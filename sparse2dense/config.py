@@ -343,6 +343,10 @@ class GenerationSpec(Strict):
     colocate_tensor_parallel_size: PositiveInt = Field(1, description="must divide the training node's processes")
     sleep_mode: bool = Field(False, description="colocated vLLM releases its memory while the trainer steps")
 
+    def configured(self, colocated: bool = False) -> str:
+        """The backend asked for (`auto` unresolved) by rollouts and evaluate, or (`colocated`) GRPO and OPD."""
+        return (self.colocated_backend or self.backend) if colocated else self.backend
+
 
 class HardwareSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -377,6 +381,8 @@ class HardwareSpec(Strict):
 
 TRAINING_KINDS = ("base", "grpo", "replay", "forward_kl", "opd")
 NODE_KINDS = (*TRAINING_KINDS, "rollouts", "evaluate")
+COLOCATED_KINDS = ("grpo", "replay", "opd")  # sample inside their trainer: `generation.colocated_backend`
+SAMPLING_KINDS = (*COLOCATED_KINDS, "rollouts", "evaluate")
 
 
 class ResourceSpec(Strict):
@@ -485,7 +491,7 @@ class Profile(Strict):
         if (self.models.teacher.source == "toy") != (self.data.source == "toy"):
             raise ValueError("toy models go with toy data, hub models with hub data")
         g = self.generation
-        if g.sleep_mode and self.hardware.device == "cpu" and (g.colocated_backend or g.backend) == "vllm":
+        if g.sleep_mode and self.hardware.device == "cpu" and g.configured(colocated=True) == "vllm":
             raise ValueError("generation.sleep_mode needs a GPU: vLLM's CPU build has no sleep mode")
         if self.seed_scope == "all" and self.data.source != "toy":
             raise ValueError("seed_scope: 'all' re-draws the toy base models per seed; hub base models are fetched "
@@ -674,8 +680,7 @@ def on_gpu(profile: Profile) -> bool:
 def generation_backend(profile: Profile, colocated: bool = False) -> str:
     """What `auto` resolves to where the profile runs: vLLM on GPUs (the plan cannot see the machine).
     `colocated`: the backend GRPO and OPD sample with inside their trainer."""
-    g = profile.generation
-    backend = (g.colocated_backend or g.backend) if colocated else g.backend
+    backend = profile.generation.configured(colocated)
     return ("vllm" if on_gpu(profile) else "transformers") if backend == "auto" else backend
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from .config import BASE_MODELS, Grid, GridNode, Profile, SampledLength, generation_backend
+from .config import BASE_MODELS, COLOCATED_KINDS, Grid, GridNode, Profile, SampledLength, generation_backend
 
 log = logging.getLogger("sparse2dense")
 
@@ -81,7 +81,7 @@ def _context(profile: Profile) -> dict:
 def _sampler(profile: Profile, kind: str) -> dict:
     """A node that samples depends on the backend it samples with (vLLM and transformers draw differently).
     transformers, the backend of every key before vLLM ran, stays out of the key: those nodes keep theirs."""
-    backend = generation_backend(profile, colocated=kind in ("grpo", "replay", "opd"))
+    backend = generation_backend(profile, colocated=kind in COLOCATED_KINDS)
     return {} if kind == "forward_kl" or backend == "transformers" else {"sampler": backend}
 
 
@@ -289,11 +289,10 @@ def verified_manifest(root: Path, node: Node, warn: bool = True) -> dict | None:
     folder = node_dir(root, node)
     for rel, expected in manifest.get("files", {}).items():
         problem = _file_problem(folder / rel, expected)
-        if problem and not warn:
-            return None
         if problem:
-            log.warning("%s %s [%s]: %s %s; the node and everything after it will be recomputed",
-                        node.kind, node.name, node.key, folder / rel, problem)
+            if warn:
+                log.warning("%s %s [%s]: %s %s; the node and everything after it will be recomputed",
+                            node.kind, node.name, node.key, folder / rel, problem)
             return None
     return manifest
 

@@ -33,7 +33,7 @@ class Sample:
 
 def resolve_backend(spec: GenerationSpec, hardware: HardwareSpec, colocated: bool = False) -> str:
     """The backend a standalone sampler uses (`colocated`: GRPO's and OPD's trainer) on this machine."""
-    backend = (spec.colocated_backend or spec.backend) if colocated else spec.backend
+    backend = spec.configured(colocated)
     if backend != "auto":
         return backend
     has_vllm = importlib.util.find_spec("vllm") is not None

@@ -18,7 +18,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .config import BASE_MODELS, TRAINING_KINDS, Profile, is_local
+from .config import BASE_MODELS, COLOCATED_KINDS, SAMPLING_KINDS, TRAINING_KINDS, Profile, is_local
 from .dag import Plan, family, read_manifest
 from .locations import tracking_uri
 
@@ -56,9 +56,6 @@ def local_gangs(plan: Plan) -> list[str]:
             "s2d grid --runner ray --address HEAD:6379"]
 
 
-GENERATING = ("rollouts", "evaluate", "grpo", "replay", "opd")  # kinds that sample, with vLLM where asked
-
-
 def _runtimes(plan: Plan) -> list[str]:
     """Each node runtime (`resources.*.python`, else the grid's own) exists and can import what its nodes need:
     the stages' packages in another environment, vLLM (its GPU or CPU build) wherever a node samples with it."""
@@ -66,15 +63,11 @@ def _runtimes(plan: Plan) -> list[str]:
     for node in plan.nodes.values():
         r = plan.profile.resources.of_node(node)
         modules = _stage_modules(r) if r.python else set()
-        modules |= {"vllm"} if node.kind in GENERATING and _asks_vllm(plan.profile.generation, node.kind) else set()
+        asks_vllm = plan.profile.generation.configured(node.kind in COLOCATED_KINDS) == "vllm"
+        modules |= {"vllm"} if node.kind in SAMPLING_KINDS and asks_vllm else set()
         if modules:
             needs.setdefault(r.python or sys.executable, set()).update(modules)
     return [line for python, modules in sorted(needs.items()) for line in _runtime(python, sorted(modules))]
-
-
-def _asks_vllm(g, kind: str) -> bool:
-    """The profile names vLLM for this kind (`auto` falls back to transformers where vLLM is missing)."""
-    return ((g.colocated_backend or g.backend) if kind in ("grpo", "replay", "opd") else g.backend) == "vllm"
 
 
 def _stage_modules(r) -> set[str]:
