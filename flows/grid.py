@@ -19,16 +19,29 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from sparse2dense import dag, preflight, stopping
 from sparse2dense.config import ConfigError, config_names, load_grid, load_profile
+from sparse2dense.execution import stopping
+from sparse2dense.execution.launch import Tracking
+from sparse2dense.execution.node_runner import sync_untracked
 from sparse2dense.locations import artifacts_root, tracking_uri
-from sparse2dense.runner import sync_untracked
+from sparse2dense.planning import dag, preflight
 from sparse2dense.tracking import Tracker
-from tasks import node_tasks, report_task
+from tasks import GridRun, node_tasks, report_task
 
 from .runners import local_runner, node_resources
 
 log = logging.getLogger("sparse2dense")
+
+
+def _stop_temporary_servers() -> None:
+    """Prefect's temporary API server (a grid run without PREFECT_API_URL) would outlive a stopped `s2d grid`."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
+
+
+stopping.before_exit(_stop_temporary_servers)
 
 
 class GridFailed(RuntimeError):
@@ -95,14 +108,13 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
     grid_run = tracker.start_grid_run(f"grid {spec.name} {flow_run.name or ''}".strip(),
                                       {"profile": profile, "grid": grid, "arms": arms or "all", "seeds": seeds,
                                        "overrides": overrides, "artifacts": str(root)}, tags)
-    shared = {"profile": prof, "artifacts": str(root),
-              "tracking": {"experiment": f"s2d-{prof.name}", "tags": {**tags, "s2d.grid_run_id": grid_run}}}
+    run = GridRun(prof, root, Tracking(f"s2d-{prof.name}", {**tags, "s2d.grid_run_id": grid_run}))
 
     todo, clear = to_recompute(plan, root, refresh)
     for key in clear:
         shutil.rmtree(dag.node_dir(root, plan.nodes[key]), ignore_errors=True)
     logger.info("%d nodes: %d to compute, %d done", len(plan.nodes), len(todo), len(plan.nodes) - len(todo))
-    sync_untracked(plan, root, Tracker(shared["tracking"]["experiment"]), shared["tracking"]["tags"], skip=todo)
+    sync_untracked(plan, root, Tracker(run.tracking.experiment), run.tracking.tags, skip=todo)
     tasks, results = node_tasks(root), {}
     for key, node in plan.nodes.items():
         if key not in todo:
@@ -112,7 +124,7 @@ def ablation_grid(profile: ProfileName = "toy", grid: GridName = "allocation", a
         submit = tasks[node.kind].with_options(refresh_cache=True).submit
         inputs = {role: results[parent.key] for role, parent in node.inputs}
         with node_resources(prof.resources.of_node(node)):
-            results[key] = submit(node, inputs, shared, dag.node_tags(plan, key))
+            results[key] = submit(node, inputs, run, dag.node_tags(plan, key))
 
     try:
         failed = _wait(plan, results, todo)

@@ -6,7 +6,7 @@
 Ray's own retries stay off (`max_retries=0`): Prefect retries a node, and the retry resumes from
 the node's checkpoint; a Ray-level retry could rerun a node Prefect already finished. A node
 that spans machines is coordinated by a task without GPUs, which places one launch per machine
-(`sparse2dense.ray_gang`).
+(`sparse2dense.execution.ray_gang`).
 """
 
 from __future__ import annotations

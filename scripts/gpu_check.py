@@ -8,7 +8,7 @@ checkpoints have) saved in bf16, plus small local data files in DAPO-Math and MA
 Then it runs the project's own stage functions on them, one optimizer step each:
 
     grpo            GRPO on the 1.7B student (sparse2dense.stages.grpo)
-    grpo_launched   the same as a launched node (sparse2dense.launch -> python -m sparse2dense.node)
+    grpo_launched   the same as a launched node (execution.launch -> python -m sparse2dense.execution.launched)
     rollouts        8B teacher samples, the forward-KL warmup's data (stages.rollouts)
     forward_kl      forward KL 8B -> 1.7B on those rollouts (stages.distill.forward_kl)
     opd             on-policy distillation 8B -> 1.7B (stages.distill.opd)
@@ -298,8 +298,8 @@ CHECK_GRID = {"name": "gpu-check", "nodes": {
 def planned_memory(profile, fsdp2, gpu_gib: float | None) -> dict:
     """What `s2d plan` predicts per GPU for each step's node at this check's shapes (as if on a GPU, so a CPU
     run shows the prediction too): its peak and the parts that make it up, in GiB."""
-    from sparse2dense import cost, dag
     from sparse2dense.config import Grid, Profile
+    from sparse2dense.planning import cost, dag
 
     grid = Grid.model_validate(CHECK_GRID)
     costs = {}
@@ -622,13 +622,13 @@ class Check:
         out["data"] = data
         self.paths = paths
         self.profile = make_profile(paths, self.sizes, self.device, self.precision, self.args.backend)
-        from sparse2dense import data as splits
+        from sparse2dense.data import problems
 
-        self.splits = {name: splits.split(self.profile.data, name) for name in ("labeled", "distill")}
+        self.splits = {name: problems.split(self.profile.data, name) for name in ("labeled", "distill")}
         out["splits"] = {name: s.describe() for name, s in self.splits.items()}
         self.planned = planned_memory(self.profile, self._fsdp2(), self.report.get("gpu_total_gib"))
         out["planned_peak_gib"] = {step: plan["peak_gib"] for step, plan in self.planned.items()}
-        from sparse2dense.verify import is_correct
+        from sparse2dense.data.verify import is_correct
 
         # Random models never write \\boxed{}, so the reward never calls math-verify: call it once here.
         out["answer_checker_ok"] = is_correct("so \\boxed{\\frac{1}{2}}", "0.5") and not is_correct("\\boxed{3}", "4")
@@ -647,7 +647,7 @@ class Check:
                              completions=self.sizes["grpo_prompts"] * self.sizes["grpo_generations"])
 
     def grpo_launched(self) -> dict:
-        """GRPO as the grid launches it: spec.json, `python -m sparse2dense.node`, its manifest (no MLflow)."""
+        """GRPO as the grid launches it: spec.json, `-m sparse2dense.execution.launched`, its manifest (no MLflow)."""
         from sparse2dense.config import GridNode, ResourceSpec
 
         return self._launched(GridNode(kind="grpo", model="student", split="labeled", settings="student_grpo"),
@@ -682,9 +682,9 @@ class Check:
                             offload=False)
 
     def _launched(self, grid_node, inputs: dict, resources) -> dict:
-        """A node as the grid launches it: spec.json, its processes (`python -m sparse2dense.node`), its manifest."""
-        from sparse2dense.dag import make_node, stage_params
-        from sparse2dense.launch import run_launched
+        """A node as the grid launches it: spec.json, its processes (`-m ...execution.launched`), its manifest."""
+        from sparse2dense.execution.launch import LaunchSpec, run_launched
+        from sparse2dense.planning.dag import make_node, stage_params
 
         node = make_node(grid_node.kind, f"gpu-check:{grid_node.kind}", stage_params(self.profile, grid_node, seed=0),
                          {})
@@ -692,9 +692,9 @@ class Check:
         # The node's process imports sparse2dense from this checkout.
         os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
         root = self.work / "launched"
+        spec = LaunchSpec(self.profile, node.spec(), inputs, root)
         with DeviceMemorySampler() as memory:
-            manifest = run_launched(self.profile, node.spec(), inputs, root, resources,
-                                    {"experiment": None, "tags": {}}, on_line=lines.append)
+            manifest = run_launched(spec, resources, on_line=lines.append)
         folder = root / grid_node.kind / node.key
         history = json.loads((folder / "log_history.json").read_text()) if (folder / "log_history.json").exists() \
             else []
@@ -880,7 +880,7 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=("transformers", "vllm", "auto"), default="transformers",
                    help="generation inside the stages (the vllm step measures vLLM on its own either way)")
     p.add_argument("--launched", action="store_true",
-                   help="run the GRPO step as a launched node (python -m sparse2dense.node) instead of inline")
+                   help="run the GRPO step as a launched node (-m sparse2dense.execution.launched) instead of inline")
     p.add_argument("--steps", default=None, help=f"comma-separated, from {', '.join(STEPS)}, or all "
                                                  f"(default {','.join(DEFAULT_STEPS)})")
     p.add_argument("--completion-tokens", type=int, default=None, help="override the completion length")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from sparse2dense import dag, report
 from sparse2dense.config import load_grid, load_profile
 from sparse2dense.locations import artifacts_root
+from sparse2dense.planning import comparison, dag
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "docs" / "results-toy"
@@ -50,14 +50,14 @@ def grid(profile: str, grid_name: str, seeds: str, arms: str | None = None) -> N
 
 def table(profile: str, grid_name: str, seeds: list[int], arms: list[str] | None = None) -> list[dict]:
     plan = dag.plan(load_profile(profile), load_grid(grid_name), arms, seeds)
-    return report.rows(plan, artifacts_root())
+    return comparison.rows(plan, artifacts_root())
 
 
 def write(name: str, rows: list[dict], title: str) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.md").write_text(report.markdown(rows))
-    report.chart(rows, OUT / f"{name}.png", title)
-    print(f"\n## {name}: {title}\n\n{report.markdown(rows)}", flush=True)
+    (OUT / f"{name}.md").write_text(comparison.markdown(rows))
+    comparison.chart(rows, OUT / f"{name}.png", title)
+    print(f"\n## {name}: {title}\n\n{comparison.markdown(rows)}", flush=True)
 
 
 def verdict(mean: float, sem: float) -> str:
@@ -71,10 +71,10 @@ def verdict(mean: float, sem: float) -> str:
 
 def claims(profile: str, rows: list[dict]) -> None:
     """Each claim's paired difference over seeds (base models included with `seed_scope: all`)."""
-    metric = report.headline_metric(rows)
+    metric = comparison.headline_metric(rows)
     lines = [f"| claim | above − below | per seed | mean ± s.e. | holds on `{profile}`? |", "|---|---|---|---|---|"]
     for claim, above, below in CLAIMS:
-        pair = report.paired(rows, above, below, metric)
+        pair = comparison.paired(rows, above, below, metric)
         if not pair["seeds"]:
             continue
         per_seed = ", ".join(f"{100 * d:+.1f}" for d in pair["differences"])

@@ -16,11 +16,11 @@ import logging
 import os
 import sys
 
-from . import cost, dag, stopping
-from . import report as comparison
 from .config import ConfigError, load_grid, load_profile
 from .console import quiet_logs
+from .execution import stopping
 from .locations import artifacts_root
+from .planning import comparison, cost, dag
 
 
 def _csv(kind):
@@ -68,8 +68,8 @@ def cmd_plan(args) -> int:
 
 def cmd_sync(args) -> int:
     """Log to MLflow the finished nodes whose tracking server was away when they ended."""
-    from . import preflight
-    from .runner import sync_untracked
+    from .execution.node_runner import sync_untracked
+    from .planning import preflight
     from .tracking import Tracker
 
     plan = _plan(args)
@@ -95,7 +95,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from . import preflight
+    from .planning import preflight
 
     plan = _plan(args)  # validate the whole configuration before Prefect starts anything
     root = artifacts_root(args.artifacts)

@@ -34,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-DEFAULT_DIR = ".hub-smoke"
+DEFAULT_DIR = ".hub-smoke"  # `make hub-smoke` builds here (locations.STAND_INS)
 VERSION = 1  # bump when the files change: a DIR built by another version (or head size) is rebuilt
 MARKER = "COMPLETE.json"  # written last: its presence (with this VERSION and head size) means DIR is complete
 
@@ -51,7 +51,6 @@ ARCH = {  # teacher untied like Qwen3-8B, student tied like Qwen3-1.7B
     "student": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                     intermediate_size=64, tie_word_embeddings=True),
 }
-BUILT_BY = {DEFAULT_DIR: "make hub-smoke", ".hub-smoke-vllm": "make hub-smoke-vllm"}  # the profiles' folders
 HEAD_DIM = 16
 VLLM_HEAD_DIM = 32  # the smallest head size vLLM's CPU attention takes (16 fails: "Unsupported CPU attention")
 
@@ -109,8 +108,8 @@ _WORDINGS = (
 
 def _problems(n: int, seed: int, taboo: set[str], aime: bool = False) -> list[dict]:
     """n distinct sums {expr, problem, solution, answer}; `taboo` keeps sets disjoint (and is extended)."""
-    from . import toy_task
     from .config import ToyTaskSpec
+    from .data import toy_task
 
     spec = ToyTaskSpec(first_digits=2, min_ops=1, max_ops=2, operand_max=9)
     rng, rows = random.Random(seed), []
@@ -131,7 +130,7 @@ def _write_data(folder: Path) -> dict[str, list[dict]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .hub_data import DAPO_PREFIX, DAPO_SUFFIX
+    from .data.hub import DAPO_PREFIX, DAPO_SUFFIX
 
     folder.mkdir(parents=True)
     taboo: set[str] = set()
@@ -234,7 +233,7 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
 
 
 def _corpus(sets: dict[str, list[dict]]) -> list[str]:
-    from .hub_data import DAPO_PREFIX, DAPO_SUFFIX
+    from .data.hub import DAPO_PREFIX, DAPO_SUFFIX
 
     texts = [DAPO_PREFIX, DAPO_SUFFIX, PROMPT_SUFFIX, "user", "assistant", "system"]
     for rows in sets.values():

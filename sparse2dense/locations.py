@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# The folders of the hub-smoke profiles' local stand-ins for hub models and data, and what builds each.
+STAND_INS = {".hub-smoke": "make hub-smoke", ".hub-smoke-vllm": "make hub-smoke-vllm"}
 
 
 def artifacts_root(artifacts: str | None = None) -> Path:

@@ -26,8 +26,8 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, LoggedModelStatus, Metric, Param, RunTag
 from transformers import TrainerCallback
 
-from .dag import SPLITS_FILE
 from .locations import tracking_uri
+from .planning.dag import SPLITS_FILE
 from .stages.common import read_jsonl
 
 log = logging.getLogger("sparse2dense")

@@ -1,5 +1,5 @@
-"""Prefect tasks: one per node kind, thin wrappers over `sparse2dense.runner`."""
+"""Prefect tasks: one per node kind, thin wrappers over `sparse2dense.execution.node_runner`."""
 
-from .nodes import node_tasks, report_task
+from .nodes import GridRun, node_tasks, report_task
 
-__all__ = ["node_tasks", "report_task"]
+__all__ = ["GridRun", "node_tasks", "report_task"]

@@ -4,22 +4,25 @@ Caching is SERIALIZABLE under a lease lock, so two grids started at once compute
 once, and a lock whose holder died is broken instead of waited on forever. Retries rerun the node
 in the same folder, where training resumes from its last checkpoint; a node that ran past its
 time limit is not retried. The task stays thin: inline nodes run in this process, launched ones
-in their own process group (see `sparse2dense.launch`).
+in their own process group (see `sparse2dense.execution.launch`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.transactions import IsolationLevel
 
-from sparse2dense import report as comparison
-from sparse2dense.config import NODE_KINDS
-from sparse2dense.dag import Node, read_manifest
-from sparse2dense.leases import LeaseLockManager
-from sparse2dense.runner import NodeTimeout
+from sparse2dense.config import NODE_KINDS, Profile
+from sparse2dense.execution.launch import LaunchSpec, Tracking
+from sparse2dense.execution.node_runner import NodeTimeout
+from sparse2dense.planning import comparison
+from sparse2dense.planning.dag import Node, read_manifest
+
+from .leases import LeaseLockManager
 
 RETRIES = 2
 
@@ -28,26 +31,32 @@ def _node_key(_context, parameters) -> str:
     return parameters["node"].key
 
 
-def _run(node: Node, inputs: dict[str, dict], run: dict, tags: dict[str, str]) -> dict:
-    """`run` carries what every node of a grid shares (the profile, read once, artifact root, tracking);
-    `tags` are the node's own (the arms it serves, its seed)."""
-    root = Path(run["artifacts"])
-    done = read_manifest(root, node)
+@dataclass(frozen=True)
+class GridRun:
+    """What every node of one grid run shares: the profile (read once), the artifact root, where to track."""
+
+    profile: Profile
+    root: Path
+    tracking: Tracking
+
+
+def _run(node: Node, inputs: dict[str, dict], grid: GridRun, tags: dict[str, str]) -> dict:
+    """`tags` are the node's own (the arms it serves, its seed), added to the grid run's."""
+    done = read_manifest(grid.root, node)
     if done:
         return done  # computed meanwhile, e.g. by another grid on the same root
-    profile = run["profile"]
-    tracking = {**run["tracking"], "tags": {**run["tracking"]["tags"], **tags}}
-    resources = profile.resources.of_node(node)
+    tracking = grid.tracking.tagged(tags)
+    resources = grid.profile.resources.of_node(node)
     if resources.launch == "inline":
-        from sparse2dense.runner import run_node
+        from sparse2dense.execution.node_runner import run_node
         from sparse2dense.tracking import Tracker
 
-        return run_node(profile, node.spec(), inputs, root, Tracker(tracking["experiment"]), tracking["tags"],
+        return run_node(grid.profile, node.spec(), inputs, grid.root, Tracker(tracking.experiment), tracking.tags,
                         timeout_s=resources.timeout_s)
-    from sparse2dense.launch import run_launched
+    from sparse2dense.execution.launch import run_launched
 
-    logger = get_run_logger()
-    return run_launched(profile, node.spec(), inputs, root, resources, tracking, on_line=logger.info)
+    spec = LaunchSpec(grid.profile, node.spec(), inputs, grid.root, tracking)
+    return run_launched(spec, resources, on_line=get_run_logger().info)
 
 
 def _retry_unless_timed_out(_task, _task_run, state) -> bool:

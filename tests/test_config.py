@@ -66,7 +66,7 @@ def test_bad_profiles_name_the_field(tmp_path, edit, field, expected):
 
 def test_the_paper_lengths_are_epochs_over_each_nodes_own_split():
     """15 epochs of whole 512-prompt rollouts: 1,620 steps on L, 360 for Stage 3 on H and for its replay."""
-    from sparse2dense import cost, dag
+    from sparse2dense.planning import cost, dag
 
     plan = dag.plan(load_profile("qwen3-8b-1.7b"), load_grid("allocation"), None, [0])
     by_name = {n.name: n for n in plan.nodes.values()}
@@ -102,7 +102,7 @@ def test_overrides_are_validated():
 
 
 def test_budget_sweep_grid_plans_every_strategy_at_every_budget():
-    from sparse2dense import dag
+    from sparse2dense.planning import dag
 
     grid = load_grid("budget-sweep")
     plan = dag.plan(load_profile("toy"), grid)
@@ -133,7 +133,7 @@ def test_bad_grids(tmp_path, nodes, arms, expected):
 
 
 def _keys(profile, kind, seeds=(0,)):
-    from sparse2dense import dag
+    from sparse2dense.planning import dag
 
     plan = dag.plan(profile, load_grid("allocation"), seeds=list(seeds))
     return {key for key, node in plan.nodes.items() if node.kind == kind}, plan
@@ -159,7 +159,7 @@ def test_toy_profiles_pin_their_threads_and_draw_base_models_per_seed(name):
 
 
 def test_seed_scope_all_pretrains_base_models_per_grid_seed():
-    from sparse2dense import dag
+    from sparse2dense.planning import dag
 
     shared, plan = _keys(load_profile("smoke"), "base", seeds=(0, 1, 2))
     assert len(shared) == 2 and {dag.node_tags(plan, k)["s2d.seed"] for k in shared} == {"all"}

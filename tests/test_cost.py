@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sparse2dense import cost, dag
 from sparse2dense.cli import main
 from sparse2dense.config import ModelSpec, load_grid, load_profile
+from sparse2dense.planning import cost, dag
 
 GIB = 2**30
 PEAK = 989e12  # H100-80GB dense bf16, FLOP/s

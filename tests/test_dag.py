@@ -5,8 +5,8 @@ import json
 import pytest
 
 from flows.grid import to_recompute
-from sparse2dense import dag
 from sparse2dense.config import load_grid, load_profile
+from sparse2dense.planning import dag
 
 
 def smoke(arms=None, seeds=(0,), **overrides) -> dag.Plan:

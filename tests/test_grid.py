@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from sparse2dense import dag
 from sparse2dense.config import load_grid, load_profile
+from sparse2dense.planning import dag
 
 pytestmark = pytest.mark.slow
 ARMS = ["teacher-base", "direct-grpo", "fkl-only", "bridge", "bridge+replay"]

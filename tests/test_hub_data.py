@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sparse2dense.hub_data import DAPO_PREFIX, DAPO_SUFFIX, HUB_DATASETS, load_hub_rows, split_dapo
+from sparse2dense.data.hub import DAPO_PREFIX, DAPO_SUFFIX, HUB_DATASETS, load_hub_rows, split_dapo
 
 
 def rows_of(*args, **kwargs):
@@ -150,7 +150,7 @@ def test_bad_rows_are_counted_by_reason_and_skipped(tmp_path):
 
 def test_a_benchmark_with_no_usable_rows_is_refused(tmp_path):
     from sparse2dense.config import BenchmarkSpec, DataSpec
-    from sparse2dense.data import benchmark
+    from sparse2dense.data.problems import benchmark
 
     path = tmp_path / "aime.jsonl"
     path.write_text(json.dumps({"id": 1, "problem": "", "answer": "1", "url": "u", "year": 2025}) + "\n")

@@ -70,7 +70,7 @@ def quick_build(tmp_path_factory):
 def test_data_files_load_through_the_hub_loaders(quick_build, monkeypatch, tmp_path):
     import datasets
 
-    from sparse2dense.hub_data import load_hub_rows
+    from sparse2dense.data.hub import load_hub_rows
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
     data = quick_build / "data"
@@ -148,8 +148,8 @@ def grid(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plan(grid):
-    from sparse2dense import dag
     from sparse2dense.config import load_grid, load_profile
+    from sparse2dense.planning import dag
 
     return dag.plan(load_profile("hub-smoke"), load_grid("allocation"), None, [0])
 
@@ -159,7 +159,7 @@ def nodes_of(plan, kind):
 
 
 def manifest(grid, node) -> dict:
-    from sparse2dense import dag
+    from sparse2dense.planning import dag
 
     return json.loads((dag.node_dir(grid["root"], node) / dag.MANIFEST).read_text())
 
@@ -217,7 +217,7 @@ def test_rollouts_hold_qwen3_template_token_ids_and_stop_on_either_end_token(gri
 
 
 def dag_dir(grid, node):
-    from sparse2dense import dag
+    from sparse2dense.planning import dag
 
     return dag.node_dir(grid["root"], node)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparse2dense import cli, dag, preflight
+from sparse2dense import cli
 from sparse2dense.config import load_grid, load_profile
+from sparse2dense.planning import dag, preflight
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"  # DAPO: 5 distinct problems -> 4 train, 1 held out
 TINY_QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64, "num_hidden_layers": 2,

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparse2dense import dag, launch
 from sparse2dense.config import NODE_KINDS, TRAINING_KINDS, load_grid, load_profile
+from sparse2dense.execution import launch
+from sparse2dense.planning import dag
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -72,14 +73,15 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
 
 
 def test_a_launched_node_past_its_limit_fails_and_leaves_no_process(smoke, tmp_path):
-    from sparse2dense.runner import NodeTimeout
+    from sparse2dense.execution.node_runner import NodeTimeout
 
     profile = smoke.model_copy(update={"resources": smoke.resources.model_copy(update={
         "base": smoke.resources.default.model_copy(update={"launch": "process", "timeout_s": 8})})})
     plan = dag.plan(profile, load_grid("allocation"), ["teacher-base"])
     teacher = next(n for n in plan.nodes.values() if n.kind == "base" and n.name == "teacher")
     with pytest.raises(NodeTimeout, match="limit of 8s"):
-        launch.run_launched(profile, teacher.spec(), {}, tmp_path, profile.resources.of("base"), {}, on_line=print)
+        launch.run_launched(launch.LaunchSpec(profile, teacher.spec(), {}, tmp_path), profile.resources.of("base"),
+                            on_line=print)
     spec = str(dag.node_dir(tmp_path, teacher) / "spec.json")
     assert not [p for p in Path("/proc").glob("[0-9]*") if spec in _cmdline(p)]
     assert dag.read_manifest(tmp_path, teacher) is None
@@ -95,10 +97,10 @@ def test_a_launched_node_runs_under_its_node_runtime(smoke, tmp_path):
     profile = smoke.model_copy(update={"resources": smoke.resources.model_copy(update={"base": base})})
     plan = dag.plan(profile, load_grid("allocation"), ["teacher-base"])
     teacher = next(n for n in plan.nodes.values() if n.kind == "base" and n.name == "teacher")
-    manifest = launch.run_launched(profile, teacher.spec(), {}, tmp_path, profile.resources.of("base"), {},
-                                   on_line=print)
+    manifest = launch.run_launched(launch.LaunchSpec(profile, teacher.spec(), {}, tmp_path),
+                                   profile.resources.of("base"), on_line=print)
     spec = dag.node_dir(tmp_path, teacher) / "spec.json"
-    assert (tmp_path / "runtime-calls").read_text().split() == ["-m", "sparse2dense.node", str(spec)]
+    assert (tmp_path / "runtime-calls").read_text().split() == ["-m", "sparse2dense.execution.launched", str(spec)]
     assert manifest["metrics"]["dev_accuracy"] > 0
 
 
@@ -106,12 +108,13 @@ def test_a_killed_launcher_takes_its_node_down(smoke, tmp_path):
     """SIGKILL the process that launched a node: the node's watchdog ends its whole group."""
     plan = dag.plan(smoke, load_grid("allocation"), ["teacher-base"])
     teacher = next(n for n in plan.nodes.values() if n.kind == "base" and n.name == "teacher")
-    code = ("import sys; from sparse2dense import dag, launch; from sparse2dense.config import load_profile, "
+    code = ("import sys; from sparse2dense.planning import dag; from sparse2dense.execution import launch; "
+            "from sparse2dense.config import load_profile, "
             "load_grid, ResourceSpec; p = load_profile('smoke'); "
             "n = next(n for n in dag.plan(p, load_grid('allocation'), ['teacher-base']).nodes.values() "
             "if n.kind == 'base' and n.name == 'teacher'); "
-            f"launch.run_launched(p, n.spec(), {{}}, __import__('pathlib').Path({str(tmp_path)!r}), "
-            "ResourceSpec(launch='process'), {}, on_line=print)")
+            f"launch.run_launched(launch.LaunchSpec(p, n.spec(), {{}}, __import__('pathlib').Path({str(tmp_path)!r})), "
+            "ResourceSpec(launch='process'), on_line=print)")
     launcher = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     spec = str(dag.node_dir(tmp_path, teacher) / "spec.json")
     node = _wait_for(lambda: [p for p in Path("/proc").glob("[0-9]*") if spec in _cmdline(p)], 120)
@@ -160,7 +163,8 @@ def test_a_gang_of_two_machines_is_placed_across_the_ray_nodes(ray_grid, ray_sta
     @ray.remote(num_cpus=0)
     def coordinate():
         lines = []
-        return launch.run_launched(profile, fkl.spec(), inputs, tmp_path, gang, {}, on_line=lines.append), lines
+        spec = launch.LaunchSpec(profile, fkl.spec(), inputs, tmp_path)
+        return launch.run_launched(spec, gang, on_line=lines.append), lines
 
     manifest, lines = ray.get(coordinate.remote())
     assert any(line.startswith("gang of 2 machines, rendezvous") for line in lines)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from sparse2dense import data
+from sparse2dense.data import problems
 from sparse2dense.stages.distill import forward_kl, opd
 from sparse2dense.stages.evaluate import evaluate
 from sparse2dense.stages.grpo import grpo
@@ -29,7 +29,7 @@ def changed(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def splits(smoke):
-    return data.splits(smoke.data)
+    return problems.splits(smoke.data)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_stage0_teacher_beats_student(smoke, bases):
     from sparse2dense.models import load_model, load_tokenizer
     from sparse2dense.stages.base import accuracy
 
-    test = data.benchmark(smoke.data.benchmarks[0], smoke.data).rows
+    test = problems.benchmark(smoke.data.benchmarks[0], smoke.data).rows
     acc = {r: accuracy(TransformersGenerator(load_model(p, smoke.hardware, trainable=False), load_tokenizer(p)), test,
                        smoke) for r, p in bases.items()}
     assert acc["teacher"] > acc["student"]

@@ -1,7 +1,7 @@
-from sparse2dense import data, toy_task
 from sparse2dense.config import ToyTaskSpec, load_profile
+from sparse2dense.data import problems, toy_task
+from sparse2dense.data.verify import is_correct
 from sparse2dense.models import build_toy_model, build_toy_tokenizer
-from sparse2dense.verify import is_correct
 
 
 def test_toy_problems_are_seeded_distinct_and_solved_correctly():
@@ -42,11 +42,11 @@ def test_toy_models_are_qwen3_of_the_configured_size():
 
 def test_splits_are_disjoint_hashed_and_grow_by_extension():
     profile = load_profile("toy")
-    s = data.splits(profile.data)
+    s = problems.splits(profile.data)
     ids = {k: {r["id"] for r in v.rows} for k, v in s.items()}
     assert not ids["labeled"] & ids["heldout"] and not ids["distill"] & ids["heldout"]
     assert all("answer" not in r for r in s["distill"].rows)  # distillation never sees labels
-    bigger = data.splits(load_profile("toy", {"data.labeled_budget": 1024}).data)
+    bigger = problems.splits(load_profile("toy", {"data.labeled_budget": 1024}).data)
     assert ids["labeled"] < {r["id"] for r in bigger["labeled"].rows}
     assert bigger["distill"].fingerprint == s["distill"].fingerprint
     assert bigger["labeled"].fingerprint != s["labeled"].fingerprint
@@ -54,14 +54,14 @@ def test_splits_are_disjoint_hashed_and_grow_by_extension():
 
 def test_benchmark_is_disjoint_from_training_pools():
     profile = load_profile("toy")
-    train, heldout = data.train_heldout(profile.data)
-    test = data.benchmark(profile.data.benchmarks[0], profile.data)
+    train, heldout = problems.train_heldout(profile.data)
+    test = problems.benchmark(profile.data.benchmarks[0], profile.data)
     assert len(test.rows) == 600
     assert not {r["problem"] for r in test.rows} & {r["problem"] for r in train + heldout}
 
 
 def test_prompt_joins_problem_and_suffix_as_the_authors_do():
     p = load_profile("qwen3-8b-1.7b")
-    msgs = data.messages("What is 1+1?", p.data)
+    msgs = problems.messages("What is 1+1?", p.data)
     assert msgs == [{"role": "user", "content": "What is 1+1?\n\nLet's think step by step and output the final "
                                                 "answer within \\boxed{}."}]

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from sparse2dense.verify import is_correct, last_boxed
+from sparse2dense.data.verify import is_correct, last_boxed
 
 CASES = [
     ("so the answer is \\boxed{53}", "53", True),
@@ -51,7 +51,7 @@ def test_a_pathological_answer_never_hangs_a_worker_thread():
     separate process can bound it. From a worker thread (where math-verify's alarm cannot run) it is wrong in time."""
     import time
 
-    from sparse2dense.verify import TIMEOUT_S
+    from sparse2dense.data.verify import TIMEOUT_S
 
     results = []
     worker = threading.Thread(target=lambda: results.append(is_correct("\\boxed{9^{9^{9^{9}}}}", "1")))
@@ -66,7 +66,7 @@ def test_a_pathological_answer_never_hangs_a_worker_thread():
 
 
 def test_the_strict_checker_is_the_authors_normalisation():
-    from sparse2dense.strict_math import normalize, strict_equal
+    from sparse2dense.data.strict_math import normalize, strict_equal
 
     assert strict_equal("\\dfrac{1}{2}", "\\frac12") and strict_equal("0.5", "\\frac{1}{2}")
     assert strict_equal("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})")

@@ -15,21 +15,12 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from .. import data, toy_task
 from ..config import ModelSpec, Profile, SamplingSpec
+from ..data import problems, toy_task
+from ..data.verify import is_correct
 from ..generation import TransformersGenerator
 from ..models import build_toy_model, build_toy_tokenizer, set_threads
-from ..verify import is_correct
-from .common import (
-    MODEL_DIR,
-    checkpoint_step,
-    result,
-    run_trainer,
-    stopwatch,
-    trainer_args,
-    world_size,
-    write_json,
-)
+from .common import MODEL_DIR, checkpoint_step, result, run_trainer, stopwatch, trainer_args, world_size, write_json
 from .supervised import PadCollator, SupervisedTrainer, sequence_row
 
 _DEV_SEED, _TRAIN_SEED = 3_000, 4_000
@@ -84,8 +75,8 @@ class _WorkedSolutions(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         row = toy_task.generate(self.profile.data.toy, 1, seed=_TRAIN_SEED + 7919 * self.seed + 104_729 * i,
                                 exclude=self.taboo)[0]
-        prompt = self.tokenizer.apply_chat_template(data.messages(row["problem"], self.profile.data), tokenize=False,
-                                                    add_generation_prompt=True)
+        messages = problems.messages(row["problem"], self.profile.data)
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         # A worked solution is complete, so it ends with the end token the model must learn to emit.
         completion = self.tokenizer(row["solution"], add_special_tokens=False)["input_ids"]
@@ -165,7 +156,7 @@ class _ClosestToTarget(TrainerCallback):
 def _dev_set(profile: Profile) -> tuple[list[dict], set[str]]:
     """The dev set, and every problem stage 0 must not train on (dev and benchmarks)."""
     toy = profile.data.toy
-    bench = [r["problem"] for b in profile.data.benchmarks for r in data.benchmark(b, profile.data).rows]
+    bench = [r["problem"] for b in profile.data.benchmarks for r in problems.benchmark(b, profile.data).rows]
     spec = profile.models.teacher.pretrain
     dev = toy_task.generate(toy, spec.dev_size, seed=_DEV_SEED + profile.seed, exclude=set(bench))
     return dev, set(bench) | {r["problem"] for r in dev}
@@ -173,6 +164,6 @@ def _dev_set(profile: Profile) -> tuple[list[dict], set[str]]:
 
 def accuracy(generator, rows: list[dict], profile: Profile) -> float:
     """Greedy accuracy on rows {problem, answer}."""
-    convs = [data.messages(r["problem"], profile.data) for r in rows]
+    convs = [problems.messages(r["problem"], profile.data) for r in rows]
     samples = generator.generate(convs, _GREEDY, n=1)
     return sum(is_correct(s[0].text, r["answer"]) for s, r in zip(samples, rows)) / len(rows)

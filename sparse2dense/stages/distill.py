@@ -15,9 +15,9 @@ from datasets import Dataset
 from transformers import TrainingArguments
 from trl import DistillationConfig, DistillationTrainer
 
-from .. import data
 from ..config import ForwardKLSpec, OPDSpec, Profile, SamplingSpec
-from ..data import Split
+from ..data import problems
+from ..data.problems import Split
 from ..generation import TransformersGenerator
 from ..models import check_same_vocabulary, device_for, load_model, load_tokenizer, set_threads
 from .common import (
@@ -112,7 +112,7 @@ def opd(profile: Profile, spec: OPDSpec, teacher_path: str, student_path: str, s
     check_same_vocabulary(teacher_path, student_path, trust)
     with stopwatch() as clock:
         tokenizer = load_tokenizer(student_path, trust)
-        convs = [data.messages(r["problem"], profile.data) for r in split.rows]
+        convs = [problems.messages(r["problem"], profile.data) for r in split.rows]
         config = opd_config(profile, spec, out, seed, tokenizer, convs)
         trainer = _DistillationTrainer(
             model=load_model(student_path, profile.hardware, trainable=True, trust_remote_code=trust),

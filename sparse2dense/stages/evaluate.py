@@ -5,11 +5,11 @@ from __future__ import annotations
 from math import comb
 from pathlib import Path
 
-from .. import data
 from ..config import BenchmarkSpec, EvaluateSpec, Profile
+from ..data import problems
+from ..data.verify import is_correct
 from ..generation import open_generator
 from ..models import set_threads
-from ..verify import is_correct
 from .common import result, stopwatch, write_jsonl
 
 
@@ -40,8 +40,9 @@ def evaluate(profile: Profile, spec: EvaluateSpec, benchmarks: list[BenchmarkSpe
     set_threads(profile.hardware)
     metrics: dict[str, float] = {}
     benchmarks_read: dict[str, dict] = {}
-    splits = {bench.name: data.benchmark(bench, profile.data) for bench in benchmarks}
-    convs = {name: [data.messages(r["problem"], profile.data) for r in split.rows] for name, split in splits.items()}
+    splits = {bench.name: problems.benchmark(bench, profile.data) for bench in benchmarks}
+    convs = {name: [problems.messages(r["problem"], profile.data) for r in split.rows]
+             for name, split in splits.items()}
     with stopwatch() as clock, open_generator(model_path, profile, seed, [c for cs in convs.values() for c in cs],
                                               spec.max_new_tokens) as generator:
         for name, split in splits.items():

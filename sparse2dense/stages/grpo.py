@@ -9,11 +9,11 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from .. import data
 from ..config import GRPOSpec, Profile
-from ..data import Split
+from ..data import problems
+from ..data.problems import Split
+from ..data.verify import is_correct
 from ..models import load_model, load_tokenizer, set_threads
-from ..verify import is_correct
 from .common import (
     MODEL_DIR,
     DecayEveryParameter,
@@ -75,7 +75,7 @@ def grpo(profile: Profile, spec: GRPOSpec, model_path: str, split: Split, out: P
     ledger = LabelLedger(profile.data.checker)
     with stopwatch() as clock:
         tokenizer = load_tokenizer(model_path, profile.models.trust_remote_code)
-        prompts = [data.messages(r["problem"], profile.data) for r in split.rows]
+        prompts = [problems.messages(r["problem"], profile.data) for r in split.rows]
         dataset = Dataset.from_list([{"prompt": p, "answer": r["answer"], "id": r["id"]}
                                      for p, r in zip(prompts, split.rows)])
         trainer = _GRPOTrainer(  # the policy in fp32 (master weights); a reference model (beta > 0) is built alike

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data
 from ..config import Profile, RolloutsSpec
-from ..data import Split
+from ..data import problems
+from ..data.problems import Split
 from ..generation import open_generator
 from ..models import set_threads
 from .common import result, stopwatch, write_json, write_jsonl
@@ -20,7 +20,7 @@ def rollouts(profile: Profile, spec: RolloutsSpec, teacher_path: str, split: Spl
     """`samples_per_prompt` teacher completions per prompt, as rows {id, prompt, prompt_ids, completion_ids, ...}."""
     set_threads(profile.hardware)
     with stopwatch() as clock:
-        convs = [data.messages(r["problem"], profile.data) for r in split.rows]
+        convs = [problems.messages(r["problem"], profile.data) for r in split.rows]
         with open_generator(teacher_path, profile, seed, convs, spec.max_new_tokens) as generator:
             samples = generator.generate(convs, spec, n=spec.samples_per_prompt)
             backend = generator.describe()

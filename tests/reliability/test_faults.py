@@ -109,13 +109,13 @@ class FillTheDisk(TrainerCallback):
 
 
 def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_checkpoint(smoke, bases, small_disk):
-    from sparse2dense import data
+    from sparse2dense.data import problems
     from sparse2dense.stages.distill import forward_kl
     from sparse2dense.stages.rollouts import rollouts
 
     out = small_disk / "fkl"
     rollouts_dir = small_disk.parent / "rollouts"
-    rollouts(smoke, smoke.rollouts, bases["teacher"], data.split(smoke.data, "distill"), rollouts_dir, seed=0)
+    rollouts(smoke, smoke.rollouts, bases["teacher"], problems.split(smoke.data, "distill"), rollouts_dir, seed=0)
     spec = smoke.forward_kl.model_copy(update={"save_steps": 1})
     with pytest.raises((OSError, RuntimeError)):
         forward_kl(smoke, spec, bases["student"], rollouts_dir, out, seed=0, callbacks=[FillTheDisk(small_disk, 1)])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparse2dense import dag
 from sparse2dense.config import load_grid, load_profile
+from sparse2dense.planning import dag
 
 from .conftest import PROFILE, Grid, copy_root, wait_for
 

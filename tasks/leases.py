@@ -21,6 +21,8 @@ from pathlib import Path
 
 from prefect.locking.filesystem import FileSystemLockManager
 
+from sparse2dense.execution import stopping
+
 log = logging.getLogger("sparse2dense")
 HOST = socket.gethostname()
 RENEW_EVERY_S = 30
@@ -87,6 +89,9 @@ def release_held() -> list[str]:
     for path in paths:
         path.unlink(missing_ok=True)
     return [p.stem for p in paths]
+
+
+stopping.releases("locks", lambda: len(release_held()))
 
 
 class LeaseLockManager(FileSystemLockManager):

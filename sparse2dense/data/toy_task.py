@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from .config import ToyTaskSpec
+from ..config import ToyTaskSpec
 
 
 def make_problem(rng: random.Random, spec: ToyTaskSpec) -> tuple[str, list[str], int]:

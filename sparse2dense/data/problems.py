@@ -13,8 +13,8 @@ import random
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..config import BenchmarkSpec, DataSpec, ToyTaskSpec
 from . import toy_task
-from .config import BenchmarkSpec, DataSpec, ToyTaskSpec
 
 # Benchmarks and training pools are drawn from disjoint seeds of the toy generator.
 _TOY_POOL_SEED, _TOY_BENCH_SEED = 1_000, 2_000
@@ -41,10 +41,10 @@ class Split:
 def _pools(pool_json: str) -> tuple[list[dict], list[dict], dict[str, int]]:
     d = json.loads(pool_json)
     if d["source"] == "hub":
-        from . import hub_data
+        from . import hub
 
-        loaded = hub_data.load_hub_rows(d["train_dataset"], path=d["train_path"])
-        train, heldout = hub_data.split_dapo(loaded.rows, seed=d["split_seed"], heldout_fraction=d["heldout_fraction"],
+        loaded = hub.load_hub_rows(d["train_dataset"], path=d["train_path"])
+        train, heldout = hub.split_dapo(loaded.rows, seed=d["split_seed"], heldout_fraction=d["heldout_fraction"],
                                              places=loaded.places, records=loaded.records)
         return train, heldout, loaded.skipped
     pool = toy_task.generate(ToyTaskSpec(**d["toy"]), d["pool_size"], seed=_TOY_POOL_SEED + d["split_seed"])
@@ -101,9 +101,9 @@ def benchmark(spec: BenchmarkSpec, data: DataSpec) -> Split:
         rows = toy_task.generate(data.toy, spec.size or 600, seed=_TOY_BENCH_SEED + data.split_seed,
                                  exclude=seen, prefix=spec.name)
         return Split(spec.name, rows)
-    from . import hub_data
+    from . import hub
 
-    loaded = hub_data.load_hub_rows(spec.source, path=spec.path, limit=spec.size)
+    loaded = hub.load_hub_rows(spec.source, path=spec.path, limit=spec.size)
     if not loaded.rows:
         raise ValueError(f"benchmark {spec.name}: no usable rows in {spec.path or spec.source} "
                          f"(skipped: {loaded.skipped})")

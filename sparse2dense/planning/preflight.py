@@ -18,9 +18,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .config import BASE_MODELS, COLOCATED_KINDS, SAMPLING_KINDS, TRAINING_KINDS, Profile, is_local
+from ..config import BASE_MODELS, COLOCATED_KINDS, SAMPLING_KINDS, TRAINING_KINDS, Profile, is_local
+from ..locations import STAND_INS, tracking_uri
 from .dag import Plan, family, read_manifest
-from .locations import tracking_uri
 
 GIB = 2**30
 CHECKPOINT_BYTES_PER_PARAM = 4 + 8  # fp32 master weights and AdamW's two moments
@@ -125,20 +125,18 @@ def tracking_problems() -> list[str]:
 
 def _stand_ins(profile: Profile) -> list[str]:
     """The hub-smoke profiles before their stand-ins are built: one line that says how, not one per path."""
-    from .hub_smoke import BUILT_BY
-
     d = profile.data
     paths = [m.name for m in (profile.models.teacher, profile.models.student) if m.source == "hub" and is_local(m.name)]
     paths += [d.train_path, *(b.path for b in d.benchmarks)] if d.source == "hub" else []
     for folder in {parent for path in paths if path for parent in Path(path).expanduser().parents}:
-        if folder.name in BUILT_BY and not folder.exists():
+        if folder.name in STAND_INS and not folder.exists():
             return [f"{folder} does not exist: this profile's models and data are local stand-ins for the hub's, "
-                    f"which `{BUILT_BY[folder.name]}` builds there"]
+                    f"which `{STAND_INS[folder.name]}` builds there"]
     return []
 
 
 def _models(profile: Profile) -> list[str]:
-    from .identity import resolve_commit
+    from ..identity import resolve_commit
 
     found, vocab = [], {}
     for role in BASE_MODELS:
@@ -166,9 +164,9 @@ def _models(profile: Profile) -> list[str]:
 
 
 def _vocab_size(spec) -> int | None:
-    from .cost import _local_config
+    from .cost import local_config
 
-    path = _local_config(spec)
+    path = local_config(spec)
     if path is None:
         return None
     config = json.loads(path.read_text())
@@ -195,7 +193,7 @@ def _data(profile: Profile) -> list[str]:
 
 def _empty_benchmarks(profile: Profile) -> list[str]:
     """A local benchmark file with no usable row (benchmarks are small: reading them costs a second)."""
-    from .hub_data import load_hub_rows
+    from ..data.hub import load_hub_rows
 
     found = []
     for bench in profile.data.benchmarks:
@@ -213,7 +211,7 @@ def _pools(plan: Plan) -> list[str]:
     d = plan.profile.data
     if d.source != "hub":
         return []
-    from .data import train_heldout
+    from ..data.problems import train_heldout
 
     source = d.train_path or d.train_dataset
     try:
@@ -239,7 +237,7 @@ def _pools(plan: Plan) -> list[str]:
 def _hub_dataset_reachable(name: str) -> bool:
     from huggingface_hub import constants
 
-    from .hub_data import HUB_DATASETS
+    from ..data.hub import HUB_DATASETS
 
     repo = HUB_DATASETS[name].repo_id
     if (Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}").is_dir():

@@ -18,14 +18,14 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from .config import ResourceSpec
+from ..config import ResourceSpec
 
 PLACEMENT_TIMEOUT_S = 600
 
 
 @ray.remote(num_cpus=0, max_retries=0)
 def _rendezvous() -> tuple[str, int]:
-    from .servers import free_port
+    from ..servers import free_port
 
     return ray.util.get_node_ip_address(), free_port()
 

@@ -1,4 +1,4 @@
-"""A launched node's entry point: `python -m sparse2dense.node <node folder>/spec.json`.
+"""A launched node's entry point: `python -m sparse2dense.execution.launched <node folder>/spec.json`.
 
 The same command runs under `accelerate launch` on any number of processes: every rank runs the
 stage, the main process writes the manifest and the MLflow records. A watchdog ends the whole
@@ -7,7 +7,6 @@ process group if the launcher (the grid's process) disappears, so nothing trains
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -15,12 +14,11 @@ import threading
 import time
 from pathlib import Path
 
+from ..console import quiet_logs
+from ..stages.common import is_main_process
 from . import stopping
-from .config import Profile
-from .console import quiet_logs
-from .dag import NodeSpec
-from .runner import run_node
-from .stages.common import is_main_process
+from .launch import LaunchSpec
+from .node_runner import run_node
 
 WATCH_EVERY_S = 2.0
 
@@ -40,19 +38,16 @@ def watch_launcher(pid: int) -> None:
 
 
 def main(spec_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
+    spec = LaunchSpec.read(Path(spec_path))
     watch_launcher(int(os.environ["S2D_LAUNCHER_PID"]))
-    stopping.install("sparse2dense.node")
+    stopping.install("sparse2dense.execution.launched")
     quiet_logs(fmt="%(message)s")  # the launcher stamps each line it relays
-    profile = Profile.model_validate(spec["profile"])
-    tracking = spec["tracking"]
     tracker = None
-    if is_main_process() and tracking.get("experiment"):
-        from .tracking import Tracker
+    if is_main_process() and spec.tracking.experiment:
+        from ..tracking import Tracker
 
-        tracker = Tracker(tracking["experiment"])
-    run_node(profile, NodeSpec(**spec["node"]), spec["inputs"], Path(spec["root"]), tracker, tracking.get("tags"),
-             timeout_s=None)
+        tracker = Tracker(spec.tracking.experiment)
+    run_node(spec.profile, spec.node, spec.inputs, spec.root, tracker, spec.tracking.tags, timeout_s=None)
     leave_process_group()
     return 0
 

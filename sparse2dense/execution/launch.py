@@ -1,8 +1,8 @@
 """Launched nodes: one node in its own process group, a plain process or `accelerate launch` over several.
 
 The launcher writes `<node>/spec.json` (the node, its inputs' manifests, the profile, where to
-track), starts `python -m sparse2dense.node spec.json` (or `accelerate launch ... -m
-sparse2dense.node spec.json`, once per machine of a gang), streams every line it prints to
+track), starts `python -m sparse2dense.execution.launched spec.json` (or `accelerate launch ... -m
+sparse2dense.execution.launched spec.json`, once per machine of a gang), streams every line it prints to
 `on_line`, and kills the whole group on a timeout or when the launcher itself is stopped. Each
 rank also watches the launcher's pid and ends its group if the launcher dies, so a killed grid
 leaves nothing training on behind it. GPU memory is free again when the processes end.
@@ -10,6 +10,7 @@ leaves nothing training on behind it. GPU memory is free again when the processe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,14 +18,15 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from importlib import resources as package_files
 from pathlib import Path
 
-from .config import Profile, ResourceSpec
-from .dag import MANIFEST, SPEC, NodeSpec
-from .runner import NodeTimeout
-from .servers import free_port
-from .stages.common import write_json
+from ..config import Profile, ResourceSpec
+from ..planning.dag import MANIFEST, SPEC, NodeSpec
+from ..servers import free_port
+from ..stages.common import write_json
+from .node_runner import NodeTimeout
 
 KILL_GRACE_S = 10
 _RUNNING: set[int] = set()  # process groups this process started and has not reaped yet
@@ -35,16 +37,46 @@ class NodeFailed(RuntimeError):
     """A launched node's processes failed; the message ends with the last lines they printed."""
 
 
-def run_launched(profile: Profile, node: NodeSpec, inputs: dict[str, dict], root: Path, resources: ResourceSpec,
-                 tracking: dict, on_line=print) -> dict:
-    """Run `node` in its own process group(s); returns the manifest its main process wrote."""
-    import json
+@dataclass(frozen=True)
+class Tracking:
+    """Where a node's MLflow records go: its grid's experiment (None: not tracked) and the tags of its run."""
 
-    out = Path(root) / node.kind / node.key
+    experiment: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def tagged(self, tags: dict[str, str]) -> Tracking:
+        return Tracking(self.experiment, {**self.tags, **tags})
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """`<node>/spec.json`: everything a launched node reads, written by the launcher before the node starts."""
+
+    profile: Profile
+    node: NodeSpec
+    inputs: dict[str, dict]  # the input nodes' manifests, by role
+    root: Path
+    tracking: Tracking = Tracking()
+
+    def write(self, path: Path) -> None:
+        write_json(path, {"node": self.node.to_json(), "inputs": self.inputs, "root": str(self.root),
+                          "profile": self.profile.model_dump(mode="json"),
+                          "tracking": {"experiment": self.tracking.experiment, "tags": self.tracking.tags}})
+
+    @classmethod
+    def read(cls, path: Path) -> LaunchSpec:
+        raw = json.loads(Path(path).read_text())
+        return cls(Profile.model_validate(raw["profile"]), NodeSpec(**raw["node"]), raw["inputs"], Path(raw["root"]),
+                   Tracking(**raw["tracking"]))
+
+
+def run_launched(spec: LaunchSpec, resources: ResourceSpec, on_line=print) -> dict:
+    """Run `spec.node` in its own process group(s); returns the manifest its main process wrote."""
+    node = spec.node
+    out = spec.root / node.kind / node.key
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / SPEC
-    write_json(spec_path, {"node": node.to_json(), "inputs": inputs, "profile": profile.model_dump(mode="json"),
-                           "root": str(root), "tracking": tracking})
+    spec.write(spec_path)
     label = f"{node.kind} {node.name} [{node.key[:8]}]"
     if resources.machines > 1 and _in_ray_worker():
         from .ray_gang import run_gang
@@ -108,7 +140,7 @@ def accelerate_command(resources: ResourceSpec, spec_path: Path, machine_rank: i
 
 def _node_command(resources: ResourceSpec, spec_path: Path, *launcher: str) -> list[str]:
     """The node's entry point under its runtime's Python (the grid's own unless `python` names another)."""
-    return [resources.python or sys.executable, *launcher, "-m", "sparse2dense.node", str(spec_path)]
+    return [resources.python or sys.executable, *launcher, "-m", "sparse2dense.execution.launched", str(spec_path)]
 
 
 def accelerate_flags(resources: ResourceSpec, machine_rank: int, port: int, main_ip: str = "127.0.0.1") -> list[str]:
@@ -137,7 +169,7 @@ def config_file(resources: ResourceSpec) -> Path:
     """TRL's accelerate configs (trl/accelerate_configs/); zero3's is ours (launch_configs/), as TRL's
     leaves DeepSpeed reducing gradients in the compute dtype (bf16)."""
     if resources.strategy == "zero3":
-        return Path(str(package_files.files("sparse2dense") / "launch_configs" / "zero3.yaml"))
+        return Path(str(package_files.files("sparse2dense.execution") / "launch_configs" / "zero3.yaml"))
     name = {"ddp": "multi_gpu.yaml", "fsdp2": "fsdp2.yaml"}[resources.strategy]
     return Path(str(package_files.files("trl") / "accelerate_configs" / name))
 
@@ -145,7 +177,7 @@ def config_file(resources: ResourceSpec) -> Path:
 def deepspeed_file(resources: ResourceSpec) -> Path:
     """ZeRO-3's DeepSpeed settings: fp32 gradient reduction, the final model gathered on save, offload or not."""
     name = "zero3-offload.json" if resources.offload else "zero3.json"
-    return Path(str(package_files.files("sparse2dense") / "launch_configs" / name))
+    return Path(str(package_files.files("sparse2dense.execution") / "launch_configs" / name))
 
 
 def _start(command: list[str]) -> subprocess.Popen:

@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TRAINING_KINDS, ModelSpec, Profile, generation_backend, is_local, on_gpu
+from ..config import TRAINING_KINDS, ModelSpec, Profile, generation_backend, is_local, on_gpu
 from .dag import Node, Plan, family, read_manifest
 
 GIB = 2**30
@@ -118,7 +118,7 @@ def arch_of(spec: ModelSpec) -> tuple[Arch | None, str]:
         a = spec.arch
         return Arch(a.hidden_size, a.num_layers, a.num_heads, a.num_kv_heads, a.hidden_size // a.num_heads,
                     a.intermediate_size, TOY_VOCAB, tied_embeddings=True, qk_norm=True), "toy arch in the profile"
-    path = _local_config(spec)
+    path = local_config(spec)
     if path is not None:
         return arch_from_config(json.loads(path.read_text())), f"{path}"
     if spec.name in KNOWN_ARCHS:
@@ -126,7 +126,7 @@ def arch_of(spec: ModelSpec) -> tuple[Arch | None, str]:
     return None, "unknown: no local config.json and not in the built-in table"
 
 
-def _local_config(spec: ModelSpec) -> Path | None:
+def local_config(spec: ModelSpec) -> Path | None:
     """config.json of a local folder, or of the hub model in the local hub cache (never the network)."""
     if is_local(spec.name):
         path = Path(spec.name).expanduser() / "config.json"

@@ -14,25 +14,46 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 _DONE = {"groups": 0, "runs": 0, "locks": 0}
 _PROGRAM: list[str] = []  # set by `install`: this process exits on a stop signal
+# What the Prefect layer holds (node locks, its temporary server) is registered from there, so a launched node's
+# runtime, which has no Prefect, stops the same way.
+_RELEASES: dict[str, Callable[[], int]] = {}
+_BEFORE_EXIT: list[Callable[[], None]] = []
+
+
+def releases(what: str, release: Callable[[], int]) -> None:
+    """Also release `what` on a stop: `release()` frees what this process holds and returns how many."""
+    _RELEASES[what] = release
+
+
+def before_exit(action: Callable[[], None]) -> None:
+    """Also run `action` when a stop signal ends this process (after the clean-up)."""
+    _BEFORE_EXIT.append(action)
 
 
 def clean_up() -> dict[str, int]:
-    """Kill launched groups, mark open MLflow runs KILLED, release held locks; returns the totals so far."""
-    from . import launch, leases, tracking
+    """Kill launched groups, mark open MLflow runs KILLED, release the rest; returns the totals so far."""
+    from .. import tracking
+    from . import launch
 
     _DONE["groups"] += launch.kill_all()
     _DONE["runs"] += len(tracking.mark_open_runs_killed())
-    _DONE["locks"] += len(leases.release_held())
+    for what, release in _RELEASES.items():
+        _DONE[what] = _DONE.get(what, 0) + release()
     return dict(_DONE)
 
 
 def stop(program: str, signum: int) -> None:
-    """Clean up, stop Prefect's temporary server, say so, and exit with 128 + the signal number."""
+    """Clean up, run the before-exit actions (Prefect's temporary server), say so, exit with 128 + the signal."""
     done = clean_up()
-    _stop_prefect_server()
+    for action in _BEFORE_EXIT:
+        try:
+            action()
+        except Exception:  # exiting anyway: one failed action must not keep the others from running
+            pass
     print(f"\n{program}: stopped by {signal.Signals(signum).name}: {done['groups']} launched node(s) killed, "
           f"{done['runs']} MLflow run(s) marked KILLED, {done['locks']} node lock(s) released; run the same command "
           "again to resume from the last checkpoints", file=sys.stderr, flush=True)
@@ -62,15 +83,3 @@ def signal_of(stopped: BaseException) -> int | None:
     if isinstance(stopped, KeyboardInterrupt):
         return signal.SIGINT
     return getattr(stopped, "signal", None) if type(stopped).__name__ == "TerminationSignal" else None
-
-
-def _stop_prefect_server() -> None:
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-    except ImportError:
-        return
-    for server in list(SubprocessASGIServer._instances.values()):
-        try:
-            server.stop()
-        except Exception:
-            pass

@@ -4,9 +4,11 @@ Prefect-free, so a node can also be run from a notebook or another orchestrator.
 folder is `<artifacts>/<kind>/<key>/`; its `manifest.json` is written atomically after
 everything else, so a folder without one is unfinished work that a rerun resumes.
 
-A stage reads its settings from the node's params (what its key hashes), never from the
-profile's sections, so a node computes exactly what its key says. Under `accelerate launch`
-every rank runs the stage; only the main process writes the manifest and the MLflow records.
+A stage reads its own settings from the node's params (what its key hashes). From the profile it
+also reads `data` (splits, prompt format, answer checker), `hardware` (device, precision, threads)
+and `generation` (the sampling backend); the parts of those a result depends on are in the key too
+(`planning.dag.stage_params`). Under `accelerate launch` every rank runs the stage; only the main
+process writes the manifest and the MLflow records.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
-from . import data
-from .config import BenchmarkSpec, EvaluateSpec, ForwardKLSpec, GRPOSpec, ModelSpec, OPDSpec, Profile, RolloutsSpec
-from .dag import MANIFEST, NODE_FILE, SPEC, SPLITS_FILE, NodeSpec, code_fingerprint, planned_steps
-from .stages.common import CHECKPOINTS, is_main_process, write_json
+from ..config import BenchmarkSpec, EvaluateSpec, ForwardKLSpec, GRPOSpec, ModelSpec, OPDSpec, Profile, RolloutsSpec
+from ..data import problems
+from ..planning.dag import MANIFEST, NODE_FILE, SPEC, SPLITS_FILE, NodeSpec, code_fingerprint, planned_steps
+from ..stages.common import CHECKPOINTS, is_main_process, write_json
 
 if TYPE_CHECKING:  # MLflow is imported only by a node that tracks: a launched node without it runs without MLflow
-    from .tracking import Tracker
+    from ..tracking import Tracker
 
 log = logging.getLogger("sparse2dense")
 
@@ -64,15 +66,15 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def _split(profile: Profile, params: dict) -> data.Split:
+def _split(profile: Profile, params: dict) -> problems.Split:
     """The split a node's params define (its size included: a budget sweep changes only that)."""
-    return data.split(profile.data, params["split"]["name"], params["split"]["size"])
+    return problems.split(profile.data, params["split"]["name"], params["split"]["size"])
 
 
 def run_stage(profile: Profile, node: NodeSpec, inputs: dict[str, dict], out: Path,
-              callbacks: list) -> tuple[dict, list[data.Split]]:
+              callbacks: list) -> tuple[dict, list[problems.Split]]:
     """Call the node's stage with its inputs' outputs; returns (stage result, splits it read)."""
-    from .stages import base, distill, evaluate, grpo, rollouts
+    from ..stages import base, distill, evaluate, grpo, rollouts
 
     p, kind = node.params, node.kind
     seed = p.get("seed", profile.seed)
@@ -178,7 +180,7 @@ def sync(tracker: Tracker, node: NodeSpec, out: Path, manifest: dict, inputs: di
 
 def sync_untracked(plan, root: Path, tracker: Tracker, tags: dict[str, str], skip: set[str] = frozenset()) -> int:
     """Log every finished node of `plan` whose MLflow record is missing (its server was away); returns how many."""
-    from .dag import node_dir, node_tags, read_manifest
+    from ..planning.dag import node_dir, node_tags, read_manifest
 
     synced = 0
     for key, node in plan.nodes.items():

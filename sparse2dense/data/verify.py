@@ -89,7 +89,7 @@ class _Worker:
             return line == "true"
 
     def _start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "sparse2dense.verify"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "sparse2dense.data.verify"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         if self._read(STARTUP_S) != "ready":
             self._stop()

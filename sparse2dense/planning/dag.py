@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from .config import BASE_MODELS, COLOCATED_KINDS, Grid, GridNode, Profile, SampledLength, generation_backend
+from ..config import BASE_MODELS, COLOCATED_KINDS, Grid, GridNode, Profile, SampledLength, generation_backend
 
 log = logging.getLogger("sparse2dense")
 
@@ -100,7 +100,7 @@ def _file_identity(path: str | None) -> str | None:
     """A local data file or folder by content (memoised), the hub copy by name (None)."""
     if path is None:
         return None
-    from .identity import fingerprint
+    from ..identity import fingerprint
 
     return fingerprint(Path(path)) if Path(path).exists() else f"missing:{path}"
 
@@ -110,7 +110,7 @@ def base_params(profile: Profile, role: str, seed: int) -> dict:
     `seed_scope: all`."""
     spec = getattr(profile.models, role)
     if spec.source == "hub":
-        from .identity import identity
+        from ..identity import identity
 
         return {"role": role, "model": identity(spec)}
     data = profile.data.model_dump(include={"toy", "split_seed", "heldout_fraction", "pool_size", "benchmarks"})
@@ -316,7 +316,7 @@ def _file_problem(path: Path, expected: dict) -> str | None:
 @cache
 def code_fingerprint() -> str:
     """A hash of the library's source: nodes cached under other code are flagged, not recomputed."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode())
