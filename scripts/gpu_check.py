@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """GPU check: the paper's stages at the paper's model shapes, on one GPU, with no network.
 
-Builds everything under a work folder: a byte-level BPE tokenizer (trained with `tokenizers`,
-padded to Qwen3's 151,643 regular tokens plus its 26 added tokens), a Qwen3-style chat template,
-and randomly initialised Qwen3-1.7B and Qwen3-8B models (151,936-row embeddings, as the real
-checkpoints have) saved in bf16, plus small local data files in DAPO-Math and MATH-500 layout.
+Builds everything under a work folder with hub_smoke's Qwen3 stand-in builder: a byte-level BPE
+tokenizer in Qwen3's pipeline, padded to Qwen3's 151,643 regular tokens plus its 26 added tokens,
+with Qwen3's chat template, and randomly initialised Qwen3-1.7B and Qwen3-8B models (151,936-row
+embeddings, as the real checkpoints have) saved in bf16, plus small local data files in DAPO-Math
+and MATH-500 layout. Its profile is the paper's `qwen3-8b-1.7b` on those files, one step per stage.
 Then it runs the project's own stage functions on them, one optimizer step each:
 
     grpo            GRPO on the 1.7B student (sparse2dense.stages.grpo)
@@ -61,27 +62,11 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from sparse2dense import hub_smoke  # noqa: E402  (after the path: this checkout's, which imports nothing heavy)
+from sparse2dense.hub_smoke import PROMPT_SUFFIX  # noqa: E402
+
 VOCAB = 151_936  # rows of Qwen3's embedding and lm_head (config.json vocab_size)
-REGULAR_TOKENS = 151_643  # Qwen3's byte-level BPE vocabulary; its added tokens follow from this id
-# Qwen3's added tokens in id order (151643 ...); the tokenizer's length is 151,669, as Qwen3's is.
-QWEN3_ADDED = [
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
-    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
-    ("<|repo_name|>", False), ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
-    ("<think>", False), ("</think>", False),
-]
-# Qwen3's chat format for prompts (no tools): enable_thinking=false adds the empty think block.
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}"
-)
+REGULAR_TOKENS = 151_643  # Qwen3's byte-level BPE vocabulary; its 26 added tokens follow from this id
 
 # config.json of Qwen/Qwen3-1.7B and Qwen/Qwen3-8B (both: rope_theta 1e6, rms_norm_eps 1e-6, silu, no bias).
 SHAPES = {
@@ -116,7 +101,6 @@ STEPS = ("grpo", "rollouts", "forward_kl", "opd", "evaluate", "grpo_launched", "
 DEFAULT_STEPS = ("grpo", "rollouts", "forward_kl", "opd", "evaluate", "opd_fsdp2", "forward_kl_fsdp2", "vllm")
 NEEDS = {"forward_kl": "rollouts", "forward_kl_fsdp2": "rollouts"}  # a step that needs another's output
 GIB = 2**30
-PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 
 _WORDS = ("let find the number of real positive integer value sum product such that if and only when each "
           "triangle circle radius area point line square prime remainder divided by probability equal "
@@ -140,76 +124,30 @@ def problem_text(rng: random.Random, words: int) -> str:
 
 
 def build_tokenizer(folder: Path, seed: int):
-    """Byte-level BPE trained here, padded to Qwen3's 151,643 regular tokens, then Qwen3's added tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    """hub_smoke's Qwen3 stand-in tokenizer, learned here, padded to Qwen3's 151,643 regular tokens."""
     rng = random.Random(seed)
     corpus = [problem_text(rng, 40) + "\n\n" + PROMPT_SUFFIX for _ in range(2000)]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=4096, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    trained = core.get_vocab_size()
-    # Pad the vocabulary with filler tokens (letters of the byte-level alphabet, so they decode to text),
-    # reachable by no merge: ids as in Qwen3, and any sampled id decodes as a real tokenizer would.
-    spec = json.loads(core.to_str())
-    vocab = spec["model"]["vocab"]
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    i = 0
-    while len(vocab) < REGULAR_TOKENS:
-        n, word = i, ""
-        while True:
-            word = letters[n % 26] + word
-            n //= 26
-            if not n:
-                break
-        i += 1
-        token = "\u0120zz" + word  # "Ġzz...": a space, then letters
-        if token not in vocab:
-            vocab[token] = len(vocab)
-    core = Tokenizer.from_str(json.dumps(spec))
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, special in QWEN3_ADDED if special])
-    core.add_tokens([AddedToken(t, special=False, normalized=False) for t, special in QWEN3_ADDED if not special])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  model_max_length=131072)
-    tok.chat_template = CHAT_TEMPLATE
-    ids = tok.convert_tokens_to_ids([t for t, _ in QWEN3_ADDED])
-    if ids != list(range(REGULAR_TOKENS, REGULAR_TOKENS + len(QWEN3_ADDED))):
-        raise RuntimeError(f"added tokens landed at {ids[:3]}..., not at Qwen3's ids from {REGULAR_TOKENS}")
-    tok.save_pretrained(folder)
-    return tok, {"trained_bpe_tokens": trained, "tokenizer_length": len(tok), "eos": tok.eos_token_id,
-                 "pad": tok.pad_token_id}
+    tok = hub_smoke.build_tokenizer(corpus, bpe_vocab=4096, regular=REGULAR_TOKENS)
+    hub_smoke.save_tokenizer(tok, folder)
+    return tok, {"tokenizer_length": len(tok), "eos": tok.eos_token_id, "pad": tok.pad_token_id}
 
 
 def build_model(folder: Path, shape: dict, tokenizer, device: str, seed: int) -> dict:
-    """A randomly initialised Qwen3 of `shape`, saved in bf16 as a hub checkpoint would be."""
+    """hub_smoke's Qwen3 stand-in at `shape`, randomly initialised, saved in bf16 as a hub checkpoint would be."""
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config
 
-    im_end, eot = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
-    config = Qwen3Config(
-        vocab_size=VOCAB, **shape, max_position_embeddings=40960, rms_norm_eps=1e-6, hidden_act="silu",
-        attention_bias=False, use_sliding_window=False, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-        bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot,
-    )
-    torch.manual_seed(seed)
     built_on = device
     try:
-        with torch.device(device):  # random init on the GPU takes seconds where the CPU takes a minute
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = hub_smoke.qwen3_model(shape, tokenizer, VOCAB, seed, dtype=torch.bfloat16, device=device)
     except Exception:
         if device == "cpu":
             raise
         built_on = "cpu"
         free_memory()
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    # Qwen3's generation_config.json: both end tokens.
-    model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot)
+        model = hub_smoke.qwen3_model(shape, tokenizer, VOCAB, seed, dtype=torch.bfloat16)
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    hub_smoke.save_tokenizer(tokenizer, folder)
     del model
     free_memory()
     return {"params": params, "embedding_rows": VOCAB, "disk_gib": round(folder_bytes(folder) / GIB, 3),
@@ -245,38 +183,34 @@ def write_data(folder: Path, tokenizer, sizes: dict, seed: int) -> dict:
 
 
 def make_profile(paths: dict, sizes: dict, device: str, precision: str, backend: str):
-    """The check's profile, built in code: the paper's settings where they apply, one step per stage."""
-    from sparse2dense.config import Profile
+    """The paper's profile (`qwen3-8b-1.7b`) on the check's models, data and sizes, one step per stage."""
+    from sparse2dense.config import load_profile
+
+    def section(name: str, **values) -> dict:
+        return {f"{name}.{key}": value for key, value in values.items()}
 
     completion = sizes["completion"]
     once = {"save_steps": 1000, "logging_steps": 1}  # one step: no mid-run checkpoint, one log line
-    grpo = dict(steps=1, prompts_per_step=sizes["grpo_prompts"], num_generations=sizes["grpo_generations"],
-                micro_batch=sizes["grpo_micro_batch"], learning_rate=1e-6, weight_decay=0.1, max_grad_norm=1.0,
-                temperature=1.0, max_completion_length=completion, epsilon=0.2, epsilon_high=0.28,
-                dual_clip=10.0, loss_type="dapo", beta=0.0, **once)
-    return Profile.model_validate({
+    one_step = {"epochs": None, "steps": 1, **once}
+    benchmark = {"name": "math500", "source": "math500", "path": paths["benchmark_path"],
+                 "size": sizes["eval_problems"]}
+    return load_profile("qwen3-8b-1.7b", {
         "name": "gpu-check",
-        "models": {"teacher": {"source": "hub", "name": paths["teacher"], "vocab_size": VOCAB},
-                   "student": {"source": "hub", "name": paths["student"], "vocab_size": VOCAB}},
-        "data": {"source": "hub", "train_dataset": "dapo-math-17k-dedup", "train_path": paths["train_path"],
-                 "split_seed": 42, "heldout_fraction": 0.2, "labeled_budget": sizes["grpo_prompts"],
-                 "heldout_budget": 2, "distill_prompts": paths["distill_prompts"], "prompt_suffix": PROMPT_SUFFIX,
-                 "chat_template_kwargs": {"enable_thinking": False},
-                 "benchmarks": [{"name": "math500", "source": "math500", "path": paths["benchmark_path"],
-                                 "size": sizes["eval_problems"]}]},
-        "grpo": grpo,
-        "rollouts": {"samples_per_prompt": 1, "temperature": 1.0, "max_new_tokens": completion},
-        "forward_kl": {"target": "soft", "epochs": 1, "batch_size": sizes["fkl_batch"],
-                       "micro_batch": sizes["fkl_micro_batch"], "max_length": sizes["prompt_tokens"] + completion + 16,
-                       "learning_rate": 1e-5, "weight_decay": 0.1, "probe_size": 0, **once},
-        "opd": {"steps": 1, "prompts_per_step": sizes["opd_prompts"], "micro_batch": sizes["opd_micro_batch"],
-                "learning_rate": 1e-6, "weight_decay": 0.1, "max_grad_norm": 1.0, "temperature": 1.0,
-                "max_completion_length": completion, "probe_size": 0, **once},
-        "evaluate": {"samples": sizes["eval_samples"], "pass_at": [1, sizes["eval_samples"]], "temperature": 0.7,
-                     "top_p": 0.8, "top_k": 20, "max_new_tokens": sizes["eval_tokens"]},
+        **section("models", **{"teacher.name": paths["teacher"], "student.name": paths["student"]}),
+        **section("data", train_path=paths["train_path"], labeled_budget=sizes["grpo_prompts"], heldout_budget=2,
+                  distill_prompts=paths["distill_prompts"], benchmarks=[benchmark]),
+        **section("grpo", **one_step, prompts_per_step=sizes["grpo_prompts"], steps_per_generation=1,
+                  num_generations=sizes["grpo_generations"], micro_batch=sizes["grpo_micro_batch"],
+                  max_completion_length=completion),
+        **section("rollouts", max_new_tokens=completion),
+        **section("forward_kl", **once, batch_size=sizes["fkl_batch"], micro_batch=sizes["fkl_micro_batch"],
+                  max_length=sizes["prompt_tokens"] + completion + 16),
+        **section("opd", **one_step, prompts_per_step=sizes["opd_prompts"], micro_batch=sizes["opd_micro_batch"],
+                  max_completion_length=completion),
+        **section("evaluate", samples=sizes["eval_samples"], pass_at=[1, sizes["eval_samples"]],
+                  max_new_tokens=sizes["eval_tokens"]),
         "generation": {"backend": backend, "batch_size": sizes["gen_batch"], "sleep_mode": False},
-        "hardware": {"device": device, "precision": precision, "gradient_checkpointing": True,
-                     **({"num_threads": 2} if device == "cpu" else {})},
+        **section("hardware", device=device, precision=precision, **({"num_threads": 2} if device == "cpu" else {})),
         "resources": {"default": {"launch": "inline"}},
     })
 
@@ -496,19 +430,26 @@ class Check:
         print(f"[gpu_check {self.elapsed():7.1f}s] {message}", file=sys.stderr, flush=True)
 
     def run_step(self, name: str, fn) -> None:
-        """Run one step: wall seconds and peak GPU memory around it; an error is recorded, not raised."""
-        record: dict = {}
+        """Run one step unless it must be skipped, measured; free what it wrote and report it. Errors are recorded."""
+        why = self._skip_reason(name)
+        if why:
+            record = {"ok": False, "skipped": why}
+        else:
+            record = self._measured(name, fn)
+            record.update(against_plan(record, getattr(self, "planned", {}).get(name)))
+            self._remove_outputs(record)
+        self._report(name, record)
+
+    def _skip_reason(self, name: str) -> str | None:
         need = NEEDS.get(name)
         if need and need not in self.report["ran"]:
-            record.update(ok=False, skipped=f"needs step {need!r}, which did not run or failed")
-        elif self.elapsed() > self.budget_s:
-            record.update(ok=False, skipped=f"time budget of {self.budget_s:.0f}s spent before it started")
-        if "skipped" in record:
-            self.report["skipped"].append(name)
-            self.report["steps"][name] = record
-            self.log(f"{name}: skipped ({record['skipped']})")
-            self.save()
-            return
+            return f"needs step {need!r}, which did not run or failed"
+        if self.elapsed() > self.budget_s:
+            return f"time budget of {self.budget_s:.0f}s spent before it started"
+        return None
+
+    def _measured(self, name: str, fn) -> dict:
+        """`fn()`'s record with its wall seconds and peak GPU memory; an error becomes the record, not raised."""
         import torch
 
         self.log(f"{name}: start")
@@ -517,6 +458,7 @@ class Check:
             torch.cuda.reset_peak_memory_stats()
         sync()
         start = time.perf_counter()
+        record: dict = {}
         try:
             record.update(fn() or {})
             record["ok"] = True
@@ -533,16 +475,21 @@ class Check:
         free_memory()
         if cuda():
             record["gpu_allocated_after_gib"] = round(torch.cuda.memory_allocated() / GIB, 3)
-        record.update(against_plan(record, getattr(self, "planned", {}).get(name)))
-        if not self.args.keep:  # a trained 1.7B is 8 GB of fp32: keep the disk free for the next step
-            for folder in record.pop("_remove", []):
-                shutil.rmtree(folder, ignore_errors=True)
+        return record
+
+    def _remove_outputs(self, record: dict) -> None:
+        """A trained 1.7B is 8 GB of fp32: the step's folders go, for the next step's disk (unless --keep)."""
+        for folder in record.pop("_remove", []) if not self.args.keep else []:
+            shutil.rmtree(folder, ignore_errors=True)
         record.pop("_remove", None)
+
+    def _report(self, name: str, record: dict) -> None:
         outcome = "ran" if record["ok"] else "skipped" if "skipped" in record else "failed"
         self.report[outcome].append(name)
         self.report["steps"][name] = record
         what = {"ran": "ok", "skipped": f"skipped ({record.get('skipped')})", "failed": f"FAILED {record.get('error')}"}
-        self.log(f"{name}: {what[outcome]} in {record['seconds']}s")
+        took = f" in {record['seconds']}s" if "seconds" in record else ""
+        self.log(f"{name}: {what[outcome]}{took}")
         self.save()
 
     # --- setup

@@ -40,6 +40,17 @@ MARKER = "COMPLETE.json"  # written last: its presence (with this VERSION and he
 
 PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."  # the paper's
 IM_START, IM_END, END_OF_TEXT, THINK, END_THINK = "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"
+# Qwen3's added tokens in id order (special or not), from id 151,643 after its regular vocabulary: 151,669 in all.
+QWEN3_ADDED = [
+    (END_OF_TEXT, True), (IM_START, True), (IM_END, True), ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
+    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
+    ("<|repo_name|>", False), ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
+    (THINK, False), (END_THINK, False),
+]
+CHAT_TOKENS = [(END_OF_TEXT, True), (IM_START, True), (IM_END, True), (THINK, False), (END_THINK, False)]
 BPE_VOCAB = 600  # at most this many learned tokens (the 256 byte symbols included); the corpus gives ~450
 MODEL_VOCAB = 512  # the models' vocabulary, padded past the tokenizer's as Qwen3's 151936 > 151669 (the profile
                    # declares it)
@@ -197,8 +208,11 @@ def _messages(problem: str) -> list[dict]:
     return [{"role": "user", "content": f"{problem}\n\n{PROMPT_SUFFIX}"}]
 
 
-def build_tokenizer(corpus: list[str]):
-    """A byte-level BPE in Qwen2/3's pipeline (NFC, Qwen's split regex, byte level), Qwen3's special tokens."""
+def build_tokenizer(corpus: list[str], bpe_vocab: int = BPE_VOCAB, regular: int | None = None):
+    """A byte-level BPE in Qwen2/3's pipeline (NFC, Qwen's split regex, byte level) learned from `corpus`, then
+    Qwen3's added tokens after the learned ones, as in Qwen3. `regular`: pad the learned vocabulary with filler
+    tokens to this many ids first (Qwen3's 151,643), so all 26 of Qwen3's added tokens land at Qwen3's ids;
+    without it only the five a chat needs are added."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -211,20 +225,45 @@ def build_tokenizer(corpus: list[str]):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, min_frequency=1, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=bpe_vocab, min_frequency=1, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(corpus, trainer)
-    # After the learned vocabulary, as in Qwen3 (151643...); <think> and </think> are added but not special.
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (END_OF_TEXT, IM_START, IM_END)])
-    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK, END_THINK)])
+    if regular:
+        core = _padded(core, regular)
+    added = QWEN3_ADDED if regular else CHAT_TOKENS
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, special in added if special])
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t, special in added if not special])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=IM_END, pad_token=END_OF_TEXT, bos_token=None,
                                   unk_token=None, additional_special_tokens=[IM_START, IM_END],
                                   model_max_length=131072, clean_up_tokenization_spaces=False)
     tok.chat_template = CHAT_TEMPLATE
+    if regular and tok.convert_tokens_to_ids([t for t, _ in added]) != list(range(regular, regular + len(added))):
+        raise RuntimeError(f"Qwen3's added tokens did not land at its ids from {regular}")
     return tok
 
 
-def _save_tokenizer(tokenizer, folder: Path) -> None:
+def _padded(core, size: int):
+    """`core` with filler tokens up to `size` ids: "Ġzz" and letters, reachable by no merge, so ids match a real
+    vocabulary's size and any sampled id decodes to text."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(core.to_str())
+    vocab = spec["model"]["vocab"]
+    i = 0
+    while len(vocab) < size:
+        n, word = i, ""
+        while True:
+            word = "abcdefghijklmnopqrstuvwxyz"[n % 26] + word
+            n //= 26
+            if not n:
+                break
+        i += 1
+        if "\u0120zz" + word not in vocab:
+            vocab["\u0120zz" + word] = len(vocab)
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
     """Saved as Qwen3's is: its tokenizer_config names Qwen2Tokenizer, which AutoTokenizer then loads."""
     tokenizer.save_pretrained(folder)
     path = folder / "tokenizer_config.json"
@@ -245,16 +284,19 @@ def _corpus(sets: dict[str, list[dict]]) -> list[str]:
 # --- models ---------------------------------------------------------------------------------
 
 
-def _model(role: str, tokenizer, vocab: int, seed: int, head_dim: int):
+def qwen3_model(shape: dict, tokenizer, vocab: int, seed: int, dtype=None, device: str = "cpu"):
+    """A randomly initialised Qwen3 of `shape` (its config.json's sizes) with `vocab` embedding rows, padded past
+    the tokenizer's as Qwen3's 151,936 > 151,669, and Qwen3's generation config: two end tokens, sampling."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen3Config
 
     end_of_text, im_end = tokenizer.convert_tokens_to_ids([END_OF_TEXT, IM_END])
-    config = Qwen3Config(vocab_size=vocab, **ARCH[role], head_dim=head_dim, max_position_embeddings=40960,
-                         rope_theta=1_000_000.0, bos_token_id=end_of_text, eos_token_id=im_end, pad_token_id=None)
+    config = Qwen3Config(vocab_size=vocab, **shape, max_position_embeddings=40960, rope_theta=1_000_000.0,
+                         bos_token_id=end_of_text, eos_token_id=im_end, pad_token_id=None)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config = GenerationConfig(  # Qwen3's: two end tokens, sampling by default
+    with torch.device(device):  # random init on a GPU takes seconds where the CPU takes a minute
+        model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype else {}))
+    model.generation_config = GenerationConfig(
         bos_token_id=end_of_text, pad_token_id=end_of_text, eos_token_id=[im_end, end_of_text],
         do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
     return model
@@ -349,15 +391,15 @@ def _build_into(tmp: Path, log, head_dim: int) -> dict:
     try:
         sets = _write_data(tmp / "data")
         tokenizer = build_tokenizer(_corpus(sets))
-        _save_tokenizer(tokenizer, tmp / "tokenizer")
+        save_tokenizer(tokenizer, tmp / "tokenizer")
         if len(tokenizer) > MODEL_VOCAB:
             raise RuntimeError(f"the tokenizer has {len(tokenizer)} tokens, more than MODEL_VOCAB ({MODEL_VOCAB})")
         summary = {"tokenizer_size": len(tokenizer), "model_vocab_size": MODEL_VOCAB, "models": {}}
         for seed, role in enumerate(("teacher", "student")):
-            model = _model(role, tokenizer, MODEL_VOCAB, seed, head_dim)
+            model = qwen3_model({**ARCH[role], "head_dim": head_dim}, tokenizer, MODEL_VOCAB, seed)
             loss = _pretrain(model, tokenizer, sets["dapo"], PRETRAIN[role]["steps"], PRETRAIN[role]["lr"], seed)
             model.to(torch.bfloat16).save_pretrained(tmp / "models" / role)  # Qwen3 ships bf16 weights
-            _save_tokenizer(tokenizer, tmp / "models" / role)
+            save_tokenizer(tokenizer, tmp / "models" / role)
             summary["models"][role] = {"params": model.num_parameters(), "pretrain_loss": round(loss, 4)}
             log(f"hub-smoke: {role} {model.num_parameters():,} parameters, pretrain loss {loss:.3f}")
     finally:
