@@ -46,7 +46,7 @@ def test_chat_template_renders_reasoning_of_the_last_answer_only(tokenizer):
 def test_saved_tokenizer_loads_as_qwen3s_does(tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
-    hub_smoke._save_tokenizer(tokenizer, tmp_path)
+    hub_smoke.save_tokenizer(tokenizer, tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert type(loaded).__name__ == "Qwen2Tokenizer"
     assert (loaded.eos_token, loaded.pad_token, loaded.bos_token) == ("<|im_end|>", "<|endoftext|>", None)
