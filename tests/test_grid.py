@@ -92,20 +92,16 @@ def test_grid_run_links_the_comparison_and_every_node_run(env, first):
     assert tables, "sample completions are logged as a table"
 
 
-def test_rerun_computes_nothing(env, first):
+def test_a_finished_grid_computes_nothing_through_the_flow_or_s2d_grid(env, first):
+    """The flow (as the Prefect UI runs it) finds every node cached; `s2d grid` reads the report from disk
+    without starting Prefect, and it and `s2d plan` import no heavy library."""
     before = len(node_runs())
     run_grid()
     assert len(node_runs()) == before
-    plan = smoke_plan()
-    assert {dag.status(env, n) for n in plan.nodes.values()} == {"cached"}
-
-
-def test_a_grid_with_nothing_to_do_prints_the_report_without_prefect_or_torch(env, first):
-    """`s2d grid` on the finished grid reads the report from disk; it and `s2d plan` import no heavy library."""
+    assert {dag.status(env, n) for n in smoke_plan().nodes.values()} == {"cached"}
     code = ("import sys; from sparse2dense import cli; code = cli.main(sys.argv[1:]); "
             "print('IMPORTED', [m for m in ('torch', 'transformers', 'trl', 'prefect') if m in sys.modules]); "
             "sys.exit(code)")
-    before = len(node_runs())
     grid, plan = (subprocess.run([sys.executable, "-c", code, command, "--profile", "smoke"], capture_output=True,
                                  text=True, timeout=120) for command in ("grid", "plan"))
     for done in (grid, plan):
