@@ -12,8 +12,8 @@ Both at the plan's assumptions (H100-80GB, completions 0.3 x 8,192 tokens, the p
 
 import json
 
-from sparse2dense import cost, dag
 from sparse2dense.config import load_grid, load_profile
+from sparse2dense.planning import cost, dag
 
 SETUPS = {
     "ours": {},

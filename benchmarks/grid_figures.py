@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sparse2dense import dag
 from sparse2dense.config import load_grid, load_profile
+from sparse2dense.planning import dag
 
 
 def run_grid(profile: str, env: dict) -> float:

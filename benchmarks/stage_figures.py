@@ -22,8 +22,8 @@ STAGES = ("base", "grpo", "rollouts", "forward_kl", "opd", "evaluate")
 
 def run_one(stage: str, profile_name: str, out: Path) -> dict:
     """In this (fresh) process: run `stage`, return its figures."""
-    from sparse2dense import data
     from sparse2dense.config import load_profile
+    from sparse2dense.data import problems
     from sparse2dense.stages.base import prepare_base
     from sparse2dense.stages.distill import forward_kl, opd
     from sparse2dense.stages.evaluate import evaluate
@@ -39,10 +39,11 @@ def run_one(stage: str, profile_name: str, out: Path) -> dict:
         wall = result["compute_s"]
     else:
         result = {
-            "grpo": lambda: grpo(p, p.grpo, teacher, data.split(p.data, "labeled"), out / "grpo", 0),
-            "rollouts": lambda: rollouts(p, p.rollouts, teacher, data.split(p.data, "distill"), out / "rollouts", 0),
+            "grpo": lambda: grpo(p, p.grpo, teacher, problems.split(p.data, "labeled"), out / "grpo", 0),
+            "rollouts": lambda: rollouts(p, p.rollouts, teacher, problems.split(p.data, "distill"), out / "rollouts",
+                                         0),
             "forward_kl": lambda: forward_kl(p, p.forward_kl, student, out / "rollouts", out / "forward_kl", 0),
-            "opd": lambda: opd(p, p.opd, teacher, student, data.split(p.data, "distill"), out / "opd", 0),
+            "opd": lambda: opd(p, p.opd, teacher, student, problems.split(p.data, "distill"), out / "opd", 0),
             "evaluate": lambda: evaluate(p, p.evaluate, p.data.benchmarks, teacher, out / "evaluate", 0),
         }[stage]()
         wall = time.perf_counter() - start

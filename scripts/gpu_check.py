@@ -479,9 +479,10 @@ class Check:
 
     def _remove_outputs(self, record: dict) -> None:
         """A trained 1.7B is 8 GB of fp32: the step's folders go, for the next step's disk (unless --keep)."""
-        for folder in record.pop("_remove", []) if not self.args.keep else []:
-            shutil.rmtree(folder, ignore_errors=True)
-        record.pop("_remove", None)
+        folders = record.pop("_remove", [])
+        if not self.args.keep:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _report(self, name: str, record: dict) -> None:
         outcome = "ran" if record["ok"] else "skipped" if "skipped" in record else "failed"
