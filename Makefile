@@ -55,9 +55,11 @@ $(NODE_VENV)/bin/s2d-node-ready: configs/node-requirements.txt pyproject.toml
 	$(NODE_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-# The vLLM tests sample through the CPU node runtime.
+# The vLLM tests sample through the CPU node runtime. Whole test modules spread over TEST_WORKERS processes
+# (each test's torch runs 1 or 2 threads; most of a module's time is process start-up, imports and servers).
+TEST_WORKERS ?= 2
 test: setup node-runtime
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ablation-grid: setup
 	$(BIN)/s2d grid --profile $(PROFILE)

@@ -26,9 +26,9 @@ ARM = "bridge+replay"
 
 
 @pytest.fixture(scope="module")
-def fsdp_grid(tmp_path_factory):
+def fsdp_grid(tmp_path_factory, prefect_api):
     work = tmp_path_factory.mktemp("hub-smoke-fsdp")
-    env = hub_smoke.offline_env(work)
+    env = {**hub_smoke.offline_env(work), "PREFECT_API_URL": prefect_api}
 
     def run(*args, timeout=1200):
         done = subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True,

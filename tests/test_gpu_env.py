@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,34 +24,48 @@ NODE_CONSTRAINTS = REPO / "configs" / "gpu-node-constraints.txt"
 pytestmark = pytest.mark.slow
 
 
-def start_dry_runs() -> dict[str, tuple[subprocess.Popen, Path]]:
+def dry_run_folder(config) -> Path:
+    """Where this test session's dry runs write: one folder for all of its xdist workers."""
+    session = getattr(config, "workerinput", {}).get("testrunuid") or str(os.getpid())
+    return Path(tempfile.gettempdir()) / f"s2d-gpu-sets-{session}"
+
+
+def start_dry_runs(folder: Path) -> None:
     """The shipped sets, and one with a pin that cannot resolve (vLLM 0.31 with transformers 5.24)."""
-    folder = Path(tempfile.mkdtemp(prefix="gpu-set-"))
+    folder.mkdir(parents=True)
     broken = folder / "broken.txt"
     pins = [line for line in CONSTRAINTS.read_text().splitlines() if not line.startswith(("vllm==", "transformers=="))]
     broken.write_text("\n".join([*pins, "vllm==0.31.0", "transformers==5.24.0"]) + "\n")
     node = ["vllm==0.31.0", "torch==2.13.0", "-r", str(REPO / "configs" / "node-requirements.txt"), "deepspeed"]
-    return {"shipped": _dry_run(folder / "shipped", CONSTRAINTS, [f"{REPO}[gpu]"]),
-            "broken": _dry_run(folder / "broken", broken, [f"{REPO}[gpu]"]),
-            "node": _dry_run(folder / "node", NODE_CONSTRAINTS, node)}
+    for name, constraints, what in (("shipped", CONSTRAINTS, [f"{REPO}[gpu]"]), ("broken", broken, [f"{REPO}[gpu]"]),
+                                     ("node", NODE_CONSTRAINTS, node)):
+        _dry_run(folder / name, constraints, what)
 
 
-def _dry_run(folder: Path, constraints: Path, what: list[str]) -> tuple[subprocess.Popen, Path]:
+def _dry_run(folder: Path, constraints: Path, what: list[str]) -> None:
+    """pip's resolver in the background; its exit code lands in `folder/rc`, for whichever worker waits."""
     folder.mkdir()
     # This machine's pip config points at a local CPU torch wheel and caps torch: the GPU set ignores both.
     env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--use-feature=fast-deps",
-               "--report", str(folder / "report.json"), "-c", str(constraints), *what]
-    log = (folder / "pip.log").open("w")
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), folder
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--use-feature=fast-deps",
+           "--report", str(folder / "report.json"), "-c", str(constraints), *what]
+    script = '"$@" > "$0/pip.log" 2>&1; echo $? > "$0/rc.tmp"; mv "$0/rc.tmp" "$0/rc"'
+    subprocess.Popen(["sh", "-c", script, str(folder), *pip], env=env)
 
 
 @pytest.fixture(scope="module")
 def dry_runs(request):
-    runs = getattr(request.config, "gpu_dry_runs", None) or start_dry_runs()
-    for proc, _ in runs.values():
-        proc.wait(timeout=900)
-    return {name: (proc.returncode, folder) for name, (proc, folder) in runs.items()}
+    folder = dry_run_folder(request.config)
+    if not folder.exists():  # not started at collection (tests/conftest.py)
+        start_dry_runs(folder)
+    deadline = time.monotonic() + 900
+    done = {}
+    for name in ("shipped", "broken", "node"):
+        while not (folder / name / "rc").exists():
+            assert time.monotonic() < deadline, f"pip's dry run {name} did not finish in 900 s"
+            time.sleep(1)
+        done[name] = (int((folder / name / "rc").read_text()), folder / name)
+    return done
 
 
 def versions(dry_runs, name: str) -> dict[str, str]:

@@ -33,11 +33,11 @@ def manifests(root: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def ddp(tmp_path_factory):
+def ddp(tmp_path_factory, prefect_api):
     """The smoke-ddp grid from an empty artifact root: bridge+replay, whose lineage holds every node kind."""
     root = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "S2D_ARTIFACTS": str(root / "artifacts"), "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-           "PREFECT_HOME": str(root / "prefect")}
+           "PREFECT_HOME": str(root / "prefect"), "PREFECT_API_URL": prefect_api}
     start = time.monotonic()
     done = s2d("grid", "--profile", "smoke-ddp", "--arms", "bridge+replay", env=env)
     print(f"smoke-ddp grid: {time.monotonic() - start:.0f}s")

@@ -23,7 +23,7 @@ def test_an_epoch_based_stage_reports_progress_against_the_trainers_step_count(t
     assert lines[2] == "forward_kl fkl-only: step 40"
 
 
-def test_two_grids_started_at_once_share_a_fresh_sqlite_store(tmp_path):
+def test_two_grids_started_at_once_share_a_fresh_sqlite_store(tmp_path, prefect_api):
     """Both create MLflow's schema on first use; without a lock they race through its migrations and fail."""
     import os
     import subprocess
@@ -33,7 +33,7 @@ def test_two_grids_started_at_once_share_a_fresh_sqlite_store(tmp_path):
     runs = [subprocess.Popen([sys.executable, "-m", "sparse2dense.cli", "grid", "--profile", "smoke",
                               "--arms", "student-base"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, "MLFLOW_TRACKING_URI": uri, "S2D_ARTIFACTS": str(tmp_path / f"a{i}"),
-                                  "PREFECT_HOME": str(tmp_path / f"prefect{i}")})
+                                  "PREFECT_HOME": str(tmp_path / f"prefect{i}"), "PREFECT_API_URL": prefect_api})
             for i in range(2)]
     outputs = [run.communicate(timeout=600)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], "\n".join(out[-2000:] for out in outputs)

@@ -17,13 +17,16 @@ PROFILE = str(HERE / "reliable.yaml")
 
 
 class Grid:
-    """One artifact root, MLflow store and Prefect home; `s2d` commands against them."""
+    """One artifact root, MLflow store and Prefect home; `s2d` commands against them, on the suite's Prefect
+    server where `prefect_api` is given, else each on a temporary server of its own."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, prefect_api: str | None = None):
         self.root = root
         self.artifacts = root / "artifacts"
         self.env = {**os.environ, "S2D_ARTIFACTS": str(self.artifacts), "PREFECT_HOME": str(root / "prefect"),
                     "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "PYTHONUNBUFFERED": "1"}
+        if prefect_api:
+            self.env["PREFECT_API_URL"] = prefect_api
 
     def run(self, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "sparse2dense.cli", *args], env={**self.env, **(env or {})},
@@ -68,21 +71,27 @@ def wait_for(condition, timeout: float, every: float = 0.2):
 
 
 @pytest.fixture(scope="session")
-def based(tmp_path_factory) -> Path:
+def based(tmp_path_factory, prefect_api) -> Path:
     """A grid root holding the reliable profile's base models (stage 0 runs once for the whole suite)."""
-    grid = Grid(tmp_path_factory.mktemp("based"))
+    grid = Grid(tmp_path_factory.mktemp("based"), prefect_api)
     done = grid.run("grid", "--profile", PROFILE, "--arms", "teacher-base,student-base")
     assert done.returncode == 0, done.stderr[-3000:]
     return grid.root
 
 
-def copy_root(source: Path, target: Path) -> Grid:
+def copy_root(source: Path, target: Path, prefect_api: str | None = None) -> Grid:
     """A grid on a copy of `source`'s artifacts and MLflow store (mtimes kept), with its own Prefect home."""
     shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("prefect", ".prefect", "*.log"))
-    return Grid(target)
+    return Grid(target, prefect_api)
 
 
 @pytest.fixture
-def grid(based, tmp_path) -> Grid:
-    """A fresh grid that starts with the base models and their MLflow runs."""
+def grid(based, tmp_path, prefect_api) -> Grid:
+    """A fresh grid that starts with the base models and their MLflow runs, on the suite's Prefect server."""
+    return copy_root(based, tmp_path, prefect_api)
+
+
+@pytest.fixture
+def lone_grid(based, tmp_path) -> Grid:
+    """The same, with each `s2d` command on a temporary Prefect server of its own, as `s2d grid` runs alone."""
     return copy_root(based, tmp_path)

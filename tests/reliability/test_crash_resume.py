@@ -4,6 +4,7 @@ import json
 import random
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -85,7 +86,9 @@ def test_sigkill_at_random_moments_loses_nothing(grid):
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigint_and_sigterm_stop_cleanly(grid, sig, code):
+def test_sigint_and_sigterm_stop_cleanly(lone_grid, sig, code):
+    """Ctrl-C or a cancelled run stops `s2d grid` alone: its node, its locks and its temporary Prefect server."""
+    grid = lone_grid
     long = grid.root / "long.yaml"  # GRPO long enough to be mid-training when the signal comes
     long.write_text(yaml.safe_dump({"extends": PROFILE, "name": "reliable", "grpo": {"steps": 400}}))
     proc = grid.start("grid", "--profile", str(long), "--arms", "teacher-grpo")
@@ -99,7 +102,7 @@ def test_sigint_and_sigterm_stop_cleanly(grid, sig, code):
     experiment = client.get_experiment_by_name("s2d-reliable")
     runs = client.search_runs([experiment.experiment_id], "tags.`s2d.node` = 'teacher-grpo'")
     assert [r.info.status for r in runs] == ["KILLED"]
-    kill_session(proc)  # nothing should be left; make sure for the next test
+    assert wait_for(lambda: not _left_in_group(proc.pid), 30)  # its temporary Prefect server went with it
 
 
 def _unfinished(grid, name: str):
@@ -108,6 +111,19 @@ def _unfinished(grid, name: str):
     except LookupError:
         return None
     return folder if not (folder / "manifest.json").exists() else None
+
+
+def _left_in_group(pgid: int) -> list[str]:
+    """Live processes of the process group the grid led."""
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if state != "Z" and int(group) == pgid:
+            left.append(stat.parent.name)
+    return left
 
 
 def _log(proc) -> str:

@@ -35,17 +35,17 @@ def test_editing_the_profile_mid_grid_changes_nothing_under_way(grid):
 
 
 @pytest.fixture(scope="module")
-def finished_root(based, tmp_path_factory) -> Path:
+def finished_root(based, tmp_path_factory, prefect_api) -> Path:
     """A root where the arms finished once; each test damages its own copy."""
-    grid = copy_root(based, tmp_path_factory.mktemp("finished"))
+    grid = copy_root(based, tmp_path_factory.mktemp("finished"), prefect_api)
     done = grid.run("grid", "--profile", PROFILE, "--arms", ARMS)
     assert done.returncode == 0, done.stderr[-3000:]
     return grid.root
 
 
 @pytest.fixture
-def finished(finished_root, tmp_path) -> Grid:
-    return copy_root(finished_root, tmp_path)
+def finished(finished_root, tmp_path, prefect_api) -> Grid:
+    return copy_root(finished_root, tmp_path, prefect_api)
 
 
 def recomputed(grid, before: dict) -> set[str]:

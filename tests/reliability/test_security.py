@@ -16,7 +16,8 @@ PASSWORD = "s2d-planted-password-9876"
 
 
 @pytest.mark.slow
-def test_planted_credentials_never_reach_mlflow_prefect_or_the_artifacts(grid):
+def test_planted_credentials_never_reach_mlflow_prefect_or_the_artifacts(lone_grid):
+    grid = lone_grid  # Prefect's database in the grid's root, where the search below reads it
     env = {"HF_TOKEN": TOKEN, "MLFLOW_TRACKING_PASSWORD": PASSWORD, "MLFLOW_TRACKING_USERNAME": "s2d"}
     done = grid.run("grid", "--profile", PROFILE, "--arms", "direct-grpo", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
