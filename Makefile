@@ -43,7 +43,13 @@ $(BIN)/s2d: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(CONSTRAINTS) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	$(if $(filter 1,$(GPU)),,$(DEEPSPEED_CPU_OPS))
 	touch $@
+
+# ZeRO-3 on CPU reduces through DeepSpeed's shared-memory op, which DeepSpeed compiles at first use (about 30 s,
+# into ~/.cache/torch_extensions): compiled once here instead of inside the first ZeRO-3 node.
+DEEPSPEED_CPU_OPS := $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
+	get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
 
 node-runtime: $(NODE_VENV)/bin/s2d-node-ready
 

@@ -411,12 +411,16 @@ def _build_into(tmp: Path, log, head_dim: int) -> dict:
 
 def offline_env(work: Path, base: dict | None = None) -> dict:
     """An environment in which the hub-smoke profiles run offline from `work`, with their own artifacts, MLflow
-    store, Prefect home and caches (none of the caller's PREFECT_, MLFLOW_ or S2D_ settings)."""
+    store, Prefect home and caches (none of the caller's PREFECT_, MLFLOW_ or S2D_ settings); only compiled
+    ops (DeepSpeed's, for ZeRO-3 on CPU) are the caller's, which `make setup` built."""
     repo = str(Path(__file__).resolve().parent.parent)
     base = os.environ if base is None else base
     env = {k: v for k, v in base.items() if not k.startswith(("PREFECT_", "MLFLOW_", "S2D_"))}
+    ops = base.get("TORCH_EXTENSIONS_DIR") or str(Path(base.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                                                  / "torch_extensions")
     return env | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(work / "hf"),
-                  "XDG_CACHE_HOME": str(work / "cache"), "S2D_ARTIFACTS": str(work / "artifacts"),
+                  "XDG_CACHE_HOME": str(work / "cache"), "TORCH_EXTENSIONS_DIR": ops,
+                  "S2D_ARTIFACTS": str(work / "artifacts"),
                   "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db", "PREFECT_HOME": str(work / "prefect"),
                   "PYTHONPATH": os.pathsep.join([repo, *filter(None, [base.get("PYTHONPATH")])])}
 

@@ -55,10 +55,15 @@ def healthy(server: Server, timeout: float = 2.0) -> bool:
 
 
 def _pid(run_dir: Path, server: Server) -> int | None:
+    """The running server's pid, from its pid file (removed once the server is gone)."""
     path = run_dir / f"{server.name}.pid"
     if not path.exists():
         return None
     pid = int(path.read_text())
+    try:  # a server this process started and that ended stays a zombie, still signalable, until reaped
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # started by another process: init reaps it
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

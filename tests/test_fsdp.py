@@ -23,6 +23,7 @@ from sparse2dense import hub_smoke
 pytestmark = pytest.mark.slow
 TRAINED = ("grpo", "replay", "forward_kl", "opd")  # the base nodes of a hub profile are only fetched
 ARM = "bridge+replay"
+GREEDY_STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +87,25 @@ def test_gradients_are_reduced_in_fp32_under_bf16_compute(fsdp_grid):
 
 
 @pytest.fixture(scope="module")
-def one_process_update(fsdp_grid, tmp_path_factory):
-    """The greedy opd-only node on 1 process (unsharded): the update the sharded runs must match."""
-    _, found, work, env = fsdp_grid
-    root = greedy_opd_root(work, tmp_path_factory.mktemp("opd-1"), {"resources": {"opd": {"launch": "process"}}})
-    grid(work, root, env).check_returncode()
-    manifest = opd_manifest(root)
-    assert manifest["world_size"] == 1
-    return update(found, manifest)
+def greedy_opd(fsdp_grid, tmp_path_factory):
+    """`greedy_opd(placement)`: the manifest of the greedy opd-only node computed from the grid's inputs on 1
+    process (unsharded), or on 2 under "fsdp2" or "zero3"; once per placement."""
+    _, _, work, env = fsdp_grid
+    done = {}
+
+    def run(placement: str) -> dict:
+        if placement not in done:
+            on = {"launch": "process"} if placement == "one-process" else {"processes": 2, "strategy": placement}
+            root = greedy_opd_root(work, tmp_path_factory.mktemp(f"opd-{placement}"), {"resources": {"opd": on}})
+            grid(work, root, env).check_returncode()
+            done[placement] = opd_manifest(root)
+        return done[placement]
+
+    return run
 
 
 @pytest.mark.parametrize("strategy", ["fsdp2", "zero3"])
-def test_opd_on_two_processes_trains_the_model_it_trains_on_one(fsdp_grid, one_process_update, strategy, tmp_path):
+def test_opd_on_two_processes_trains_the_model_it_trains_on_one(fsdp_grid, greedy_opd, strategy):
     """The opd-only node from the same inputs, on 1 process (unsharded) and on 2 (FSDP2, or DeepSpeed ZeRO-3):
     the same update.
 
@@ -107,26 +115,24 @@ def test_opd_on_two_processes_trains_the_model_it_trains_on_one(fsdp_grid, one_p
     averaged, moves the weights elsewhere, and so does a final model saved from ZeRO-3's bf16 copy rather
     than its fp32 master weights. Under both strategies each rank holds a part of the student and of the
     teacher, and gradients are accumulated and reduced in fp32 (TRL's zero3 config leaves them in bf16)."""
-    _, found, work, env = fsdp_grid
-    root = greedy_opd_root(work, tmp_path, {"resources": {"opd": {"processes": 2, "strategy": strategy}}})
-    grid(work, root, env).check_returncode()
-    manifest = opd_manifest(root)
+    found = fsdp_grid[1]
+    one, manifest = greedy_opd("one-process"), greedy_opd(strategy)
+    assert one["world_size"] == 1
     placed = manifest["placement"]
     assert (manifest["world_size"], placed["strategy"]) == (2, strategy)
     assert 0 < placed["student_local_fraction"] < 1 and 0 < placed["teacher_local_fraction"] < 1
     assert placed["gradients_sharded"] and placed["compute_dtypes"] == ["bfloat16"]
     assert (placed["gradient_dtype"], placed["reduce_dtypes"]) == ("float32", ["float32"])
-    assert_same_update(one_process_update, update(found, manifest))
+    assert_same_update(update(found, one), update(found, manifest))
 
 
-def test_a_stopped_sharded_node_resumes_from_the_shards_each_rank_wrote(fsdp_grid, tmp_path):
+def test_a_stopped_sharded_node_resumes_from_the_shards_each_rank_wrote(fsdp_grid, greedy_opd, tmp_path):
     """A checkpoint holds one shard per rank of the model and of the optimizer (no rank gathers either); a node
-    stopped mid-run resumes from them to the update an unstopped run trains, and ends with one whole model file."""
+    stopped mid-run resumes from them to the update an unstopped run trains (the FSDP2 run above), and ends with
+    one whole model file."""
     _, found, work, env = fsdp_grid
-    longer = {"opd": {"steps": 8, "save_steps": 1}}
-    whole = greedy_opd_root(work, tmp_path / "unstopped", longer)
-    grid(work, whole, env).check_returncode()
-    stopped = greedy_opd_root(work, tmp_path / "stopped", longer)
+    # The profile's placement (FSDP2 on 2 processes), a checkpoint at each step
+    stopped = greedy_opd_root(work, tmp_path / "stopped", {"opd": {"save_steps": 1}})
     run = grid(work, stopped, env, wait=False)
     deadline = time.monotonic() + 600
     while not list(stopped.glob("opd/*/checkpoints/checkpoint-*/trainer_state.json")):
@@ -141,18 +147,20 @@ def test_a_stopped_sharded_node_resumes_from_the_shards_each_rank_wrote(fsdp_gri
 
     grid(work, stopped, env).check_returncode()
     manifest = opd_manifest(stopped)
-    assert manifest["resumed_from_step"] >= 1 and manifest["metrics"]["steps"] == 8
+    assert manifest["resumed_from_step"] >= 1 and manifest["metrics"]["steps"] == GREEDY_STEPS
     assert [p.name for p in Path(manifest["outputs"]["model"]).glob("*.safetensors")] == ["model.safetensors"]
-    assert_same_update(update(found, opd_manifest(whole)), update(found, manifest))
+    assert_same_update(update(found, greedy_opd("fsdp2")), update(found, manifest))
 
 
 def greedy_opd_root(work: Path, folder: Path, overrides: dict) -> Path:
     """A copy of the grid's artifacts (the OPD node's inputs, computed once) and a hub-smoke-fsdp profile with
-    greedy OPD sampling plus `overrides`, written beside it."""
+    greedy OPD sampling for GREEDY_STEPS plus `overrides`, written beside it."""
     root = folder / "artifacts"
     shutil.copytree(work / "artifacts", root, symlinks=True)
     profile = {"extends": "hub-smoke-fsdp", "name": "hub-smoke-fsdp", **overrides}
-    profile["opd"] = {"top_k": 1} | overrides.get("opd", {})
+    # Long enough to stop a run mid-way; one checkpoint, at the end, unless `overrides` ask for more (a ZeRO-3
+    # checkpoint takes seconds on a CPU)
+    profile["opd"] = {"top_k": 1, "steps": GREEDY_STEPS, "save_steps": GREEDY_STEPS} | overrides.get("opd", {})
     (folder / "profile.yaml").write_text(yaml.safe_dump(profile))
     return root
 

@@ -66,7 +66,8 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     lines = []
     start = time.monotonic()
     codes, _ = launch._run_here([[sys.executable, "-c", script]], timeout_s=3, on_line=lines.append)
-    assert codes is None and time.monotonic() - start < 30
+    # Both obey SIGTERM: no wait for the grace period (the ended leader, unreaped, once kept the group "alive")
+    assert codes is None and time.monotonic() - start < 3 + launch.KILL_GRACE_S / 2
     grandchild = int(lines[0])
     time.sleep(0.5)
     assert not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
@@ -95,13 +96,13 @@ def test_a_launched_node_runs_under_its_node_runtime(smoke, tmp_path):
     runtime.chmod(0o755)
     base = smoke.resources.default.model_copy(update={"launch": "process", "python": str(runtime)})
     profile = smoke.model_copy(update={"resources": smoke.resources.model_copy(update={"base": base})})
-    plan = dag.plan(profile, load_grid("allocation"), ["teacher-base"])
-    teacher = next(n for n in plan.nodes.values() if n.kind == "base" and n.name == "teacher")
-    manifest = launch.run_launched(launch.LaunchSpec(profile, teacher.spec(), {}, tmp_path),
+    plan = dag.plan(profile, load_grid("allocation"), ["student-base"])  # the smallest node: 40 steps
+    student = next(n for n in plan.nodes.values() if n.kind == "base" and n.name == "student")
+    manifest = launch.run_launched(launch.LaunchSpec(profile, student.spec(), {}, tmp_path),
                                    profile.resources.of("base"), on_line=print)
-    spec = dag.node_dir(tmp_path, teacher) / "spec.json"
+    spec = dag.node_dir(tmp_path, student) / "spec.json"
     assert (tmp_path / "runtime-calls").read_text().split() == ["-m", "sparse2dense.execution.launched", str(spec)]
-    assert manifest["metrics"]["dev_accuracy"] > 0
+    assert manifest["status"] == "completed" and manifest["metrics"]["steps"] > 0
 
 
 def test_a_killed_launcher_takes_its_node_down(smoke, tmp_path):

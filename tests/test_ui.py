@@ -38,7 +38,10 @@ def stack(tmp_path_factory):
     finally:
         serve.terminate()
         serve.wait(30)
+        stopping = time.monotonic()
         assert servers.stop(run_dir) == ["prefect", "mlflow"]
+        # each went down on SIGTERM: no 10 s wait, then SIGKILL, for a server that had already ended
+        assert time.monotonic() - stopping < 10
 
 
 def _wait_for_deployment(prefect: str, serve, log: Path) -> dict:
@@ -142,3 +145,12 @@ def test_both_uis_in_a_real_browser(stack, triggered):
 def _grid_run_id(mlflow: str, experiment_id: str) -> str:
     query = {"experiment_ids": [experiment_id], "filter": "tags.`s2d.kind` = 'grid'"}
     return http_json(f"{mlflow}/api/2.0/mlflow/runs/search", query)["runs"][0]["info"]["run_id"]
+
+
+def test_a_server_this_process_started_is_gone_once_it_ended(tmp_path):
+    """An ended child stays a zombie until reaped: `stop` and `start` must not take it for a running server."""
+    child = subprocess.Popen(["true"])
+    (tmp_path / "prefect.pid").write_text(str(child.pid))
+    time.sleep(0.5)  # ended, not reaped
+    assert servers._pid(tmp_path, servers.servers()[0]) is None
+    assert not (tmp_path / "prefect.pid").exists()

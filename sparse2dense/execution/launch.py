@@ -29,7 +29,7 @@ from ..stages.common import write_json
 from .node_runner import NodeTimeout
 
 KILL_GRACE_S = 10
-_RUNNING: set[int] = set()  # process groups this process started and has not reaped yet
+_RUNNING: dict[int, subprocess.Popen] = {}  # process groups this process started and has not ended yet, by pid
 _LOCK = threading.Lock()
 
 
@@ -109,7 +109,7 @@ def _run_here(commands: list[list[str]], timeout_s: int | None, on_line) -> tupl
         codes = _wait(procs, timeout_s)
     finally:
         for proc in procs:
-            kill_group(proc.pid)
+            kill_group(proc)
         for reader in readers:
             reader.join(timeout=5)
     return codes, tail
@@ -186,7 +186,7 @@ def _start(command: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     with _LOCK:
-        _RUNNING.add(proc.pid)
+        _RUNNING[proc.pid] = proc
     return proc
 
 
@@ -209,18 +209,19 @@ def _wait(procs: list[subprocess.Popen], timeout_s: int | None) -> list[int] | N
         time.sleep(0.2)
 
 
-def kill_group(pid: int) -> None:
-    """SIGTERM the process group, SIGKILL whatever is left after a grace period."""
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group `proc` leads, SIGKILL whatever is left after a grace period."""
     with _LOCK:
-        _RUNNING.discard(pid)
+        _RUNNING.pop(proc.pid, None)
     for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 0)):
         try:
-            os.killpg(pid, sig)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _group_alive(pid):
+            proc.poll()  # reaps the leader: until then it stays in its group as a zombie, and the group looks alive
+            if not _group_alive(proc.pid):
                 return
             time.sleep(0.1)
 
@@ -236,8 +237,8 @@ def _group_alive(pgid: int) -> bool:
 def kill_all() -> int:
     """Kill every group this process launched (on SIGINT/SIGTERM of the grid); returns how many."""
     with _LOCK:
-        running = list(_RUNNING)
-    for pid in running:
-        kill_group(pid)
+        running = list(_RUNNING.values())
+    for proc in running:
+        kill_group(proc)
     return len(running)
 
