@@ -73,6 +73,17 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert not Path(f"/proc/{grandchild}").exists() or "Z" in Path(f"/proc/{grandchild}/stat").read_text().split()[2]
 
 
+def test_launched_ranks_leave_mlflow_to_the_main_rank():
+    """TRL's profiling imports MLflow wherever it is installed (about 1.5 s of every rank's start-up); in a launched
+    node only the main rank needs it, to track, and imports it itself."""
+    from sparse2dense.execution.node_runner import launched_env
+
+    code = "import sys, sparse2dense.stages.grpo, sparse2dense.stages.distill; print('mlflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], env=launched_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.split()[-1] == "False", done.stderr[-2000:]
+
+
 def test_a_launched_node_past_its_limit_fails_and_leaves_no_process(smoke, tmp_path):
     from sparse2dense.execution.node_runner import NodeTimeout
 

@@ -26,7 +26,7 @@ from ..config import Profile, ResourceSpec
 from ..planning.dag import MANIFEST, SPEC, NodeSpec
 from ..servers import free_port
 from ..stages.common import write_json
-from .node_runner import NodeTimeout
+from .node_runner import NodeTimeout, launched_env
 
 KILL_GRACE_S = 10
 _RUNNING: dict[int, subprocess.Popen] = {}  # process groups this process started and has not ended yet, by pid
@@ -181,9 +181,7 @@ def deepspeed_file(resources: ResourceSpec) -> Path:
 
 
 def _start(command: list[str]) -> subprocess.Popen:
-    # The children watch this process (S2D_LAUNCHER_PID) and end their group if it dies.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "S2D_LAUNCHER_PID": str(os.getpid())}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=launched_env(),
                             start_new_session=True)
     with _LOCK:
         _RUNNING[proc.pid] = proc

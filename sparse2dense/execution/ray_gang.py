@@ -8,7 +8,6 @@ launched process groups then end through their launcher watchdog.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections import deque
@@ -19,6 +18,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..config import ResourceSpec
+from .node_runner import launched_env
 
 PLACEMENT_TIMEOUT_S = 600
 
@@ -33,8 +33,7 @@ def _rendezvous() -> tuple[str, int]:
 @ray.remote(max_retries=0)
 def _machine(command: list[str]) -> tuple[int, list[str]]:
     """One machine of the gang: its launch, its lines printed (Ray forwards them to the driver)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "S2D_LAUNCHER_PID": str(os.getpid())}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=launched_env(),
                             start_new_session=True)
     tail: deque[str] = deque(maxlen=40)
     for line in proc.stdout:
