@@ -1,6 +1,7 @@
 """Shared by the reliability suite: grids run as a user runs them (the `s2d` CLI in a subprocess), faults
 injected for real (signals, a dead server, a full disk), and base models computed once and copied."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -71,12 +72,20 @@ def wait_for(condition, timeout: float, every: float = 0.2):
 
 
 @pytest.fixture(scope="session")
-def based(tmp_path_factory, prefect_api) -> Path:
-    """A grid root holding the reliable profile's base models (stage 0 runs once for the whole suite)."""
-    grid = Grid(tmp_path_factory.mktemp("based"), prefect_api)
-    done = grid.run("grid", "--profile", PROFILE, "--arms", "teacher-base,student-base")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return grid.root
+def based(tmp_path_factory, worker_id, prefect_api) -> Path:
+    """A grid root holding the reliable profile's base models. Stage 0 runs once for the whole session: on the
+    first worker that asks, while the others wait on a lock in the folder the session's workers share."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # under xdist each worker's folder sits in the session's
+        shared = shared.parent
+    root, built = shared / "based", shared / "based.built"
+    with (shared / "based.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            done = Grid(root, prefect_api).run("grid", "--profile", PROFILE, "--arms", "teacher-base,student-base")
+            assert done.returncode == 0, done.stderr[-3000:]
+            built.touch()
+    return root
 
 
 def copy_root(source: Path, target: Path, prefect_api: str | None = None) -> Grid:
