@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
+STOP_GRACE_S = 10  # a server still up this long after SIGTERM is killed
 
 
 @dataclass(frozen=True)
@@ -101,22 +102,26 @@ def start(run_dir: Path, wait_s: float = 180, **ports: int) -> list[Server]:
 
 
 def stop(run_dir: Path) -> list[str]:
-    """Stop the servers whose pid files `start` wrote (their whole process groups)."""
-    stopped = []
+    """Stop the servers whose pid files `start` wrote (their whole process groups): SIGTERM to all at once,
+    then SIGKILL to any still up STOP_GRACE_S later."""
+    running = {server.name: pid for server in servers() if (pid := _pid(run_dir, server)) is not None}
+    for pid in running.values():
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while any(_pid(run_dir, s) for s in servers() if s.name in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for server in servers():
-        pid = _pid(run_dir, server)
-        if pid is None:
-            continue
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(100):
-            if _pid(run_dir, server) is None:
-                break
-            time.sleep(0.1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        if server.name in running and _pid(run_dir, server):
+            _signal_group(running[server.name], signal.SIGKILL)
         (run_dir / f"{server.name}.pid").unlink(missing_ok=True)
-        stopped.append(server.name)
-    return stopped
+    return list(running)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass  # ended since its pid was read
 
 
 def free_port() -> int:
