@@ -77,6 +77,8 @@ def mark_open_runs_killed() -> list[str]:
     with _OPEN_LOCK:
         runs = list(OPEN_RUNS)
         OPEN_RUNS.clear()
+    if not runs:  # opening the store would create one in the working directory, and a kill could cut that short
+        return []
     client = open_client(tracking_uri())
     for run_id in runs:
         try:
