@@ -64,8 +64,7 @@ $(NODE_VENV)/bin/s2d-node-ready: configs/node-requirements.txt pyproject.toml
 
 # The vLLM tests sample through the CPU node runtime. Whole test modules spread over TEST_WORKERS processes
 # (each test's torch runs 1 or 2 threads; most of a module's time is process start-up, imports and servers).
-# 3 on 2 cores: with 2, a fifth of the CPU time sat idle while tests waited on servers, launches and signals.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: setup node-runtime
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
