@@ -104,18 +104,17 @@ def start(run_dir: Path, wait_s: float = 180, **ports: int) -> list[Server]:
 def stop(run_dir: Path) -> list[str]:
     """Stop the servers whose pid files `start` wrote (their whole process groups): SIGTERM to all at once,
     then SIGKILL to any still up STOP_GRACE_S later."""
-    running = {server.name: pid for server in servers() if (pid := _pid(run_dir, server)) is not None}
+    running = {server: pid for server in servers() if (pid := _pid(run_dir, server)) is not None}
     for pid in running.values():
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
-    while any(_pid(run_dir, s) for s in servers() if s.name in running) and time.monotonic() < deadline:
+    while any(_pid(run_dir, server) for server in running) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for server in servers():
-        if server.name in running and _pid(run_dir, server):
-            _signal_group(running[server.name], signal.SIGKILL)
+    for server, pid in running.items():
+        if _pid(run_dir, server):
+            _signal_group(pid, signal.SIGKILL)
         (run_dir / f"{server.name}.pid").unlink(missing_ok=True)
-    return list(running)
-
+    return [server.name for server in running]
 
 def _signal_group(pid: int, sig: int) -> None:
     try:

@@ -157,11 +157,11 @@ def test_a_server_this_process_started_is_gone_once_it_ended(tmp_path):
 def test_stop_signals_both_servers_at_once_and_kills_one_that_ignores_sigterm(tmp_path, monkeypatch):
     """Each server's own shutdown overlaps the other's; one still up after the grace period is killed."""
     monkeypatch.setattr(servers, "STOP_GRACE_S", 3)
-    slow_exit = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: (time.sleep(2), sys.exit(0)))"
-    deaf = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
-    kids = {name: subprocess.Popen([sys.executable, "-c", f"{code}; print(flush=True); time.sleep(60)"],
+    on_sigterm = {"prefect": "lambda *_: (time.sleep(2), sys.exit(0))", "mlflow": "signal.SIG_IGN"}
+    kids = {name: subprocess.Popen([sys.executable, "-c", "import signal, sys, time; "
+                                    f"signal.signal(signal.SIGTERM, {handler}); print(flush=True); time.sleep(60)"],
                                    stdout=subprocess.PIPE, start_new_session=True)
-            for name, code in (("prefect", slow_exit), ("mlflow", f"{deaf}; import time"))}
+            for name, handler in on_sigterm.items()}
     for name, kid in kids.items():
         kid.stdout.readline()  # its handler is in place
         (tmp_path / f"{name}.pid").write_text(str(kid.pid))
